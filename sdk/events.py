@@ -1,0 +1,64 @@
+"""The events a chat turn streams: small frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the reply text, in order. Concatenate the pieces to get the reply."""
+
+    text: str
+
+
+@dataclass(frozen=True, eq=False)
+class AudioChunk:
+    """A piece of the spoken reply: mono float32 samples in [-1, 1]."""
+
+    samples: np.ndarray
+    sample_rate: int = 24000
+
+    @property
+    def duration(self) -> float:
+        """Length of this chunk in seconds."""
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one turn."""
+
+    prompt_tokens: int = 0
+    media_tokens: int = 0
+    reply_tokens: int = 0
+    audio_codes: int = 0
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Timings of one turn, in seconds and tokens per second (0 when not applicable)."""
+
+    time_to_first_token: float = 0.0
+    time_to_first_audio: float = 0.0
+    prefill_tokens_per_second: float = 0.0
+    decode_tokens_per_second: float = 0.0
+    media_encode_seconds: float = 0.0
+    audio_seconds: float = 0.0
+    real_time_factor: float = 0.0
+    total_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Done:
+    """The last event of a turn: why it stopped, the full reply text, usage and timings."""
+
+    text: str
+    finish_reason: str  # "stop", "length", "stop_string", "cancelled"
+    usage: Usage = field(default_factory=Usage)
+    timings: Timings = field(default_factory=Timings)
+
+
+Event = TextDelta | AudioChunk | Done
