@@ -1,7 +1,23 @@
 #!/usr/bin/env bash
 # Debian packages the tests use. Installs only what is missing; needs root (or sudo) to install.
+#   libportaudio2        PortAudio, which the sounddevice wheel loads
+#   pulseaudio(-utils)   sound server with null sinks (virtual speaker and microphone); pactl, paplay, parec
+#   libasound2-plugins   ALSA's "pulse" plugin: PortAudio (ALSA host API) reaches PulseAudio through it
+#   espeak-ng, sox       speech clips for the voice tests; measuring/converting audio by hand
+#   xvfb, x11-utils      a virtual X display for the Kivy app tests (xdpyinfo tells when it is up)
+#   libgl1-mesa-dri      software OpenGL (llvmpipe) for Kivy under Xvfb
 set -euo pipefail
-packages=(libportaudio2)
+packages=(
+  libportaudio2
+  pulseaudio
+  pulseaudio-utils
+  libasound2-plugins
+  espeak-ng
+  sox
+  xvfb
+  x11-utils
+  libgl1-mesa-dri
+)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -13,4 +29,4 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
