@@ -1,4 +1,13 @@
-"""PocketOmni: Qwen2.5-Omni offline through llama.cpp, from Python."""
+"""PocketOmni: Qwen2.5-Omni offline through llama.cpp, from Python.
+
+    import pocketomni as po
+
+    async with po.Omni.load("model-folder") as omni:
+        chat = omni.chat()
+        async for ev in chat.send("What is in this picture?", images=["cat.jpg"]):
+            if isinstance(ev, po.TextDelta):
+                print(ev.text, end="")
+"""
 
 from __future__ import annotations
 
@@ -11,16 +20,51 @@ from pocketomni.errors import (
     OptionsError,
     PocketOmniError,
 )
+from pocketomni.events import AudioChunk, Done, TextDelta, Timings, Usage
+from pocketomni.options import GenerationOptions, SpeechOptions
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AudioChunk",
+    "Capabilities",
+    "Chat",
     "ContextOverflowError",
     "ConversionError",
+    "Done",
     "FeatureUnavailableError",
+    "GenerationOptions",
     "MediaError",
+    "Message",
     "ModelFileError",
+    "Omni",
     "OptionsError",
     "PocketOmniError",
+    "SpeechOptions",
+    "TextDelta",
+    "Timings",
+    "Usage",
     "__version__",
 ]
+
+_LAZY = {
+    "Omni": ("pocketomni.omni", "Omni"),
+    "Chat": ("pocketomni.chat", "Chat"),
+    "Capabilities": ("pocketomni.model_folder", "Capabilities"),
+    "Message": ("pocketomni.conversation", "Message"),
+}
+
+
+def __getattr__(name: str):  # the engine (llama.cpp) loads on first use, not on `import pocketomni`
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        value = getattr(importlib.import_module(mod), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pocketomni' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

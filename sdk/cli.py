@@ -9,9 +9,11 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pocketomni", description="Qwen2.5-Omni offline through llama.cpp.")
     sub = parser.add_subparsers(dest="command", required=True)
+    from pocketomni.chat_cli import add_chat_parser
     from pocketomni.convert.cli import add_convert_parser
 
     add_convert_parser(sub)
+    add_chat_parser(sub)
     return parser
 
 

@@ -53,12 +53,18 @@ class Timings:
 
 @dataclass(frozen=True)
 class Done:
-    """The last event of a turn: why it stopped, the full reply text, usage and timings."""
+    """The last event of a turn: why it stopped, the full reply text, usage and timings.
+
+    finish_reason: "stop" (the model ended its reply), "length" (max_tokens or a full context),
+    "stop_string" (one of the stop strings appeared; it is not part of `text`), "cancelled".
+    tokens: the reply's token ids (without the end-of-reply token).
+    """
 
     text: str
     finish_reason: str  # "stop", "length", "stop_string", "cancelled"
     usage: Usage = field(default_factory=Usage)
     timings: Timings = field(default_factory=Timings)
+    tokens: tuple[int, ...] = ()
 
 
 Event = TextDelta | AudioChunk | Done

@@ -43,3 +43,53 @@ def tiny_checkpoints() -> dict[str, Path]:
     from omni_fixtures import VARIANTS, build_checkpoint
 
     return {name: build_checkpoint(name) for name in VARIANTS}
+
+
+def _convert_cached(checkpoint: Path, quant: str, mmproj_quant: str) -> Path:
+    """Run `pocketomni convert` on a tiny checkpoint once; reuse the folder while the checkpoint and
+    the converter sources are unchanged (keyed by their hash), under the test cache."""
+    import fcntl
+    import hashlib
+    import shutil
+    import time
+
+    import pocketomni.convert as conv
+    from omni_fixtures import cache_root
+    from pocketomni.convert.pipeline import convert_checkpoint
+
+    h = hashlib.sha256(f"{checkpoint.resolve()}|{quant}|{mmproj_quant}".encode())
+    for src in sorted(Path(conv.__file__).parent.glob("*.py")):
+        h.update(src.read_bytes())
+    root = cache_root() / "converted"
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / f"{checkpoint.name}-{quant}-{mmproj_quant}-{h.hexdigest()[:12]}"
+    with open(root / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "pocketomni.json").is_file():
+            tmp = root / f".{out.name}.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            convert_checkpoint(checkpoint, tmp, quant=quant, mmproj_quant=mmproj_quant, progress=False, threads=1)
+            os.replace(tmp, out)
+            stem = out.name[: out.name.rindex("-") + 1]
+            for old in root.glob(stem + "*"):  # conversions by older converter sources, unused for an hour
+                if old != out and old.is_dir() and time.time() - old.stat().st_mtime > 3600:
+                    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def converted_tiny():
+    """Factory `converted_tiny(variant="base", quant="f32", mmproj_quant=None) -> model folder`:
+    the tiny checkpoint converted with `pocketomni convert` once per variant and type (cached on disk).
+    mmproj_quant defaults to f32 for an f32 thinker, else f16."""
+    from omni_fixtures import build_checkpoint
+
+    made: dict[tuple[str, str, str], Path] = {}
+
+    def get(variant: str = "base", quant: str = "f32", mmproj_quant: str | None = None) -> Path:
+        key = (variant, quant, mmproj_quant or ("f32" if quant == "f32" else "f16"))
+        if key not in made:
+            made[key] = _convert_cached(build_checkpoint(variant), *key[1:])
+        return made[key]
+
+    return get

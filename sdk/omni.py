@@ -1,0 +1,206 @@
+"""Omni: a loaded model (thinker + multimodal projector), the factory of chats.
+
+    async with po.Omni.load("model-folder") as omni:      # or: omni = po.Omni.load_sync(...)
+        chat = omni.chat(system=None, speech=False)
+
+Loading runs in a worker thread for the async form. Every llama.cpp call on the model takes the
+model's one lock, so chats on it take turns safely; each chat has its own context (KV cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import weakref
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .encoders import MediaEncoders
+from .errors import FeatureUnavailableError, OptionsError, PocketOmniError
+from .media.image import ImageConfig
+from .model_folder import Capabilities, ModelFolder
+from .options import GenerationOptions
+from .thinker import ContextSettings, Thinker
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from .chat import Chat
+
+__all__ = ["Omni"]
+
+# Spoken replies (talker + token2wav) are not wired into Chat yet: folders may carry the files already.
+SPEECH_IN_CHAT = False
+
+
+class Omni:
+    """A loaded Qwen2.5-Omni model. Create with `Omni.load(...)` (async) or `Omni.load_sync(...)`."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        mmproj: str | os.PathLike[str] | None = None,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        kv_f32: bool = False,
+        image_max_pixels: int | None = None,
+        exact_audio: bool = True,
+    ) -> None:
+        """Load the model files. Prefer `Omni.load` / `Omni.load_sync`; the arguments are the same.
+
+        n_ctx: context window of each chat, in tokens (each chat allocates its own KV cache).
+        n_threads: CPU threads for llama.cpp (default: all cores available to this process).
+        n_batch: prompt rows per llama.cpp decode call.
+        kv_f32: keep the KV cache in float32 (exact reference comparisons; the default f16 halves it).
+        image_max_pixels: downscale images above this many pixels (default: the reference's 12845056).
+        exact_audio: encode audio the reference's way (2 s windows); False uses stock mtmd's encoder.
+        """
+        for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 16:
+                raise OptionsError(f"{name}={v!r} must be an integer >= 16")
+        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
+            raise OptionsError(f"n_threads={n_threads!r} must be a positive integer or None")
+        image_cfg = ImageConfig()
+        if image_max_pixels is not None:
+            if not isinstance(image_max_pixels, int) or image_max_pixels < image_cfg.min_pixels:
+                raise OptionsError(f"image_max_pixels must be an integer >= {image_cfg.min_pixels}")
+            image_cfg = ImageConfig(max_pixels=image_max_pixels)
+        self.folder = ModelFolder.open(path, mmproj)
+        settings = ContextSettings(n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, kv_f32=kv_f32)
+        self._thinker = Thinker(self.folder.thinker, n_threads=n_threads, settings=settings)
+        try:
+            self._media = MediaEncoders(self._thinker.model, self.folder, n_threads=n_threads,
+                                        image_config=image_cfg, exact_audio=exact_audio)
+        except BaseException:
+            self._thinker.close()
+            raise
+        self._chats: weakref.WeakSet[Chat] = weakref.WeakSet()
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> _Loading:
+        """Load in a worker thread: `async with Omni.load(folder) as omni:` or `omni = await Omni.load(folder)`."""
+        return _Loading(cls, path, kwargs)
+
+    @classmethod
+    def load_sync(cls, path: str | os.PathLike[str], **kwargs: Any) -> Omni:
+        """Load in the calling thread (use `with Omni.load_sync(folder) as omni:` to close it at the end)."""
+        return cls(path, **kwargs)
+
+    # ------------------------------------------------------------------ chats
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this model can do (vision, audio input, speech output)."""
+        return self.folder.capabilities(exact_audio=self._media.exact_audio, speech_runtime=SPEECH_IN_CHAT)
+
+    @property
+    def n_ctx(self) -> int:
+        """Context window of each chat, in tokens."""
+        return self._thinker.settings.n_ctx
+
+    def chat(self, system: str | None = None, speech: bool = False, *, options: Any = None, **overrides: Any) -> Chat:
+        """A new conversation. `system`: the system prompt (None: the chat template's default).
+
+        `options` (GenerationOptions or dict) and keyword overrides set the chat's default generation
+        options; each `send` may override them again.
+        """
+        from .chat import Chat, _resolve_options
+
+        self._check_open()
+        if speech:
+            self.folder.require("speech_out")
+            if not SPEECH_IN_CHAT:
+                raise FeatureUnavailableError(
+                    "spoken replies are not wired into the chat API of this version yet; use chat(speech=False)"
+                )
+        opts = _resolve_options(GenerationOptions(), options, overrides)
+        return Chat(self, system=system, speech=speech, options=opts)
+
+    def restore_chat(self, path: str | os.PathLike[str]) -> Chat:
+        """A chat saved with `chat.save(path)`, continuing exactly where it stopped."""
+        from .chat_store import restore_chat
+
+        self._check_open()
+        return restore_chat(self, Path(path))
+
+    def _register(self, chat: Chat) -> None:
+        self._chats.add(chat)
+
+    def _unregister(self, chat: Chat) -> None:
+        self._chats.discard(chat)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PocketOmniError("this model is closed; load it again with Omni.load(...)")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop running turns, free every chat and the model (idempotent)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        for chat in list(self._chats):
+            chat.cancel()
+        for chat in list(self._chats):
+            try:
+                chat.close()
+            except PocketOmniError:
+                pass  # a chat suspended in this thread; the model's close frees its context anyway
+        self._media.close()
+        self._thinker.close()
+
+    async def aclose(self) -> None:
+        """`close()` in a worker thread (waits for running turns to stop)."""
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        c = self.capabilities if not self._closed else None
+        return f"Omni({str(self.folder.root)!r}, {'closed' if c is None else c})"
+
+
+class _Loading:
+    """What `Omni.load` returns: awaitable, and an async context manager that closes the model."""
+
+    def __init__(self, cls: type[Omni], path: Any, kwargs: dict[str, Any]) -> None:
+        self._cls, self._path, self._kwargs = cls, path, kwargs
+        self._omni: Omni | None = None
+
+    async def _load(self) -> Omni:
+        return await asyncio.to_thread(self._cls, self._path, **self._kwargs)
+
+    def __await__(self) -> Generator[Any, None, Omni]:
+        return self._load().__await__()
+
+    async def __aenter__(self) -> Omni:
+        self._omni = await self._load()
+        return self._omni
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._omni is not None:
+            await self._omni.aclose()
