@@ -11,8 +11,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     from pocketomni.chat_cli import add_chat_parser
     from pocketomni.convert.cli import add_convert_parser
+    from pocketomni.convert.synth import add_synth_parser
+    from pocketomni.demo import add_demo_parser
 
     add_convert_parser(sub)
+    add_synth_parser(sub)
+    add_demo_parser(sub)
     add_chat_parser(sub)
     return parser
 
