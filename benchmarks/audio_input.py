@@ -236,7 +236,9 @@ def write_report(results: dict[str, dict[str, Any]], seconds: list[float], threa
         "`<|audio_bos|>`/`<|audio_eos|>`). Times are medians of `runs` after a 1 s warm-up; wall and process CPU "
         "seconds (all threads). Encoder MB = peak RSS during the clip's encodes minus the process's RSS before the "
         "encoder was loaded: resident weights (stock mtmd loads the whole mmproj, vision tower included; ours "
-        "memory-maps the audio tensors) plus working memory. 3b/7b: synthetic f16 mmproj with the real shapes."),
+        "memory-maps the audio tensors) plus working memory. 3b/7b: synthetic f16 mmproj with the real shapes. "
+         "On a shared machine compare the CPU columns: wall seconds include waiting for a core (the load "
+         "average column shows how busy the machine was while a shape ran)."),
         "",
         ("| shapes | clip s | tokens ours | tokens stock | stock/ours | encode s ours (wall) | stock (wall) | "
         "speedup | ours CPU s | stock CPU s | encoder MB ours | stock | runs |"),
@@ -244,13 +246,13 @@ def write_report(results: dict[str, dict[str, Any]], seconds: list[float], threa
     ]
     for shape, r in results.items():
         lines += [_row(shape, s, r["ours"], r["stock"]) for s in seconds]
-    lines += ["", "| shapes | path | baseline RSS MB | RSS after load + warm-up MB | load s | mmproj |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| shapes | path | baseline RSS MB | RSS after load + warm-up MB | load s | load average | mmproj |",
+              "|---|---|---|---|---|---|---|"]
     for shape, r in results.items():
         for p in ("ours", "stock"):
             m = r[p]
             lines.append(f"| {shape} | {p} | {m['baseline_mb']:.0f} | {m['resident_after_warmup_mb']:.0f} | "
-                         f"{m['load_s']:.2f} | {r['mmproj']} |")
+                         f"{m['load_s']:.2f} | {m.get('loadavg', '-')} | {r['mmproj']} |")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
@@ -269,10 +271,10 @@ def plot(results: dict[str, dict[str, Any]], seconds: list[float], path: Path) -
         for p, style in (("ours", "-o"), ("stock", "--s")):
             clips = [r[p]["clips"][str(s)] for s in seconds]
             label = f"{shape} {p}"
-            axes[0].plot(seconds, [c_["wall_s"] for c_ in clips], style, color=c, label=label)
+            axes[0].plot(seconds, [c_["cpu_s"] for c_ in clips], style, color=c, label=label)
             axes[1].plot(seconds, [c_["tokens"] for c_ in clips], style, color=c, label=label)
             axes[2].plot(seconds, [c_["peak_mb"] - r[p]["baseline_mb"] for c_ in clips], style, color=c, label=label)
-    titles = ("encode time (wall s, median)", "audio tokens to prefill", "encoder memory (peak - baseline, MB)")
+    titles = ("encode time (process CPU s, median)", "audio tokens to prefill", "encoder memory (peak - baseline, MB)")
     for ax, title in zip(axes, titles):
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -300,12 +302,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", type=Path, help="where the synthetic files go (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic files in --work-dir")
     ap.add_argument("--out", type=Path, default=RESULTS / "audio_input")
+    ap.add_argument("--report-only", action="store_true", help="rebuild the .md/.png from the .json of --out")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(run_worker(json.loads(args.worker))))
         return 0
     seconds = [float(s) for s in args.seconds.split(",")]
+    if args.report_only:
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        write_report(saved, seconds, args.threads, args.out)
+        print(args.out.with_suffix(".md").read_text())
+        return 0
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     with tempfile.TemporaryDirectory(prefix="pocketomni-audio-bench-") as tmp:
         work = args.work_dir or Path(tmp)
@@ -327,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
             results[shape] = {"mmproj": f"{mmproj.name} ({mmproj.stat().st_size / 2**20:.0f} MiB)"}
             for path in ("ours", "stock"):
                 t0 = time.perf_counter()
+                load0 = os.getloadavg()[0]
                 results[shape][path] = measure(path, thinker, mmproj, seconds, runs, args.threads)
+                results[shape][path]["loadavg"] = f"{load0:.1f} -> {os.getloadavg()[0]:.1f}"
                 print(f"{shape} {path}: done in {time.perf_counter() - t0:.0f} s", flush=True)
             write_report(results, seconds, args.threads, args.out)  # after every shape: partial results survive
         if args.work_dir and not args.keep:
