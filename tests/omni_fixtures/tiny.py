@@ -46,7 +46,9 @@ def fixture_key() -> str:
     from omni_fixtures.tokenizer import tiktoken_path
 
     h = hashlib.sha256()
-    for p in sorted(Path(__file__).resolve().parent.glob("*.py")):
+    import pocketomni.convert.qwen_vocab as qwen_vocab  # builds the fixture's vocab.json / merges.txt
+
+    for p in [*sorted(Path(__file__).resolve().parent.glob("*.py")), Path(qwen_vocab.__file__)]:
         h.update(p.name.encode() + p.read_bytes())
     h.update(hashlib.sha256(tiktoken_path().read_bytes()).digest())
     h.update(f"{transformers.__version__}|{torch.__version__}".encode())
