@@ -9,6 +9,9 @@ reply), load and resize the media, lay out tokens and TMRoPE positions, check th
 encode the media, prefill, then sample and decode reply tokens one at a time. Nothing changes in the
 chat until the prefill starts, so a bad input leaves the chat as it was. Cancelling keeps the partial
 reply in the history, marked interrupted.
+
+Speech chats also feed each decoded reply token to a `speech.SpeechReply` (talker + token2wav) and
+yield its `AudioChunk`s between the `TextDelta`s; after the text, the rest of the speech, then `Done`.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from .backend.batch import DecodeInterrupted
 from .backend.sampling import SamplingParams, sample
 from .conversation import Message, Part, parse_messages, render_delta, split_rendered, user_message
 from .errors import ContextOverflowError, MediaError, OptionsError, PocketOmniError
-from .events import Done, Event, TextDelta, Timings, Usage
+from .events import AudioChunk, Done, Event, TextDelta, Timings, Usage
 from .options import GenerationOptions
 from .positions import KIND_TEXT, Segment, TextSegment, build_prompt
 from .thinker import MEDIA_TOKEN_IDS, ThinkerSession, sampling_params
 
 if TYPE_CHECKING:
     from .omni import Omni
+    from .speech import SpeechEngine, SpeechReply, SpeechSettings
 
 __all__ = ["Chat"]
 
@@ -92,12 +96,18 @@ class Chat:
     """One conversation. Create with `Omni.chat()`; several chats on one model never see each other."""
 
     def __init__(self, omni: Omni, *, system: str | None = None, speech: bool = False,
-                 options: GenerationOptions | None = None) -> None:
+                 options: GenerationOptions | None = None, speech_settings: SpeechSettings | None = None) -> None:
         if system is not None and not isinstance(system, str):
             raise OptionsError(f"system must be a string or None, got {type(system).__name__}")
+        if speech and speech_settings is None:
+            from .speech import SpeechSettings
+
+            speech_settings = SpeechSettings()
         self._omni = omni
         self.system = system
         self.speech = speech
+        self.speech_settings = speech_settings if speech else None
+        self._last_speech: SpeechReply | None = None  # the last turn's spoken reply (codes, timings)
         self.options = options or GenerationOptions()
         self._session: ThinkerSession = omni._thinker.session(keep_hidden=speech)
         self._messages: list[Message] = []  # every message whose tokens are in the cache
@@ -168,7 +178,8 @@ class Chat:
     def fork(self) -> Chat:
         """An independent copy of this chat (same history and cache) that continues separately."""
         with self._hold():
-            other = Chat(self._omni, system=self.system, speech=self.speech, options=self.options)
+            other = Chat(self._omni, system=self.system, speech=self.speech, options=self.options,
+                         speech_settings=self.speech_settings)
             try:
                 other._session.copy_from(self._session)
             except BaseException:
@@ -230,6 +241,10 @@ class Chat:
         msgs = list(new)
         if not self._messages and self.system is not None and msgs[0].role != "system":
             msgs.insert(0, Message("system", (Part("text", text=self.system),)))
+        elif self.speech and msgs[0].role == "system":
+            from .speech import check_system_prompt
+
+            check_system_prompt("".join(p.text or "" for p in msgs[0].parts if p.kind == "text"))
         text = render_delta(th.template, self._messages, msgs)
         media = [p for m in msgs for p in m.media]
         pieces = split_rendered(text, media)
@@ -279,6 +294,20 @@ class Chat:
 
     def _run(self, new: list[Message], opts: GenerationOptions, params: SamplingParams,
              flag: CancelFlag) -> Iterator[Event]:
+        if not self.speech:
+            yield from self._run_turn(new, opts, params, flag, None)
+            return
+        t0 = time.perf_counter()
+        self._check_open()
+        engine = self._omni._speech_engine()
+        with engine.hold(lambda: flag.is_set) as ok:  # the talker speaks for one chat at a time
+            if not ok:
+                yield Done(text="", finish_reason="cancelled", timings=Timings(total_seconds=time.perf_counter() - t0))
+                return
+            yield from self._run_turn(new, opts, params, flag, engine)
+
+    def _run_turn(self, new: list[Message], opts: GenerationOptions, params: SamplingParams,
+                  flag: CancelFlag, engine: SpeechEngine | None) -> Iterator[Event]:
         t0 = time.perf_counter()
         self._check_open()
         th, sess = self._omni._thinker, self._session
@@ -300,6 +329,12 @@ class Chat:
         self._messages += [_strip_sources(m) for m in msgs]
         self._messages.append(Message("assistant", ()))
         reply_at = len(self._messages) - 1
+        talk: SpeechReply | None = None
+        if engine is not None:
+            assert self.speech_settings is not None
+            talk = engine.reply(self.speech_settings, sess)
+            self._last_speech = talk
+        t_audio = 0.0
 
         stream, stopper = th.model.text_stream(), StopScanner(opts.stop)
         rng = np.random.default_rng(opts.seed)
@@ -336,6 +371,10 @@ class Chat:
                 logits = sess.step(tok)
                 self._pending = []
                 n_steps += 1
+                if talk is not None:  # the talker reads this token; token2wav renders what is complete
+                    for wav in talk.add_token():
+                        t_audio = t_audio or time.perf_counter()
+                        yield AudioChunk(wav)
             if finish in ("stop", "length"):
                 tail = stopper.feed(stream.flush())[0] + stopper.flush()
         except BaseException:
@@ -345,18 +384,30 @@ class Chat:
             text = "".join(shown) + tail
             self._messages[reply_at] = Message("assistant", (Part("text", text=text),) if text else (),
                                                interrupted=finish == "cancelled")
-        t_end = time.perf_counter()
+        t_text = time.perf_counter()
         if tail:
             yield TextDelta(tail)
+        if talk is not None and finish != "cancelled":
+            for wav in talk.finish(lambda: flag.is_set):
+                t_audio = t_audio or time.perf_counter()
+                yield AudioChunk(wav)
+            if flag.is_set:  # the text is complete (kept as is); the speech was cut
+                finish = "cancelled"
+        t_end = time.perf_counter()
         n_new = int(layout.input_ids.size)
-        decode_s = t_end - t_first if t_first else 0.0
+        decode_s = t_text - t_first if t_first else 0.0
+        audio_s = talk.audio_seconds if talk is not None else 0.0
         yield Done(
             text=text,
             finish_reason=finish,
             usage=Usage(prompt_tokens=n_new, media_tokens=int(np.count_nonzero(layout.kinds != KIND_TEXT)),
-                        reply_tokens=len(reply)),
+                        reply_tokens=len(reply), audio_codes=len(talk.codes) if talk is not None else 0),
             timings=Timings(
                 time_to_first_token=(t_first - t0) if t_first else 0.0,
+                time_to_first_audio=(t_audio - t0) if t_audio else 0.0,
+                audio_seconds=audio_s,
+                # seconds of work per second of speech, from the first reply token to the last sample
+                real_time_factor=(t_end - t_first) / audio_s if audio_s > 0 and t_first else 0.0,
                 prefill_tokens_per_second=n_new / prefill_s if prefill_s > 0 else 0.0,
                 decode_tokens_per_second=n_steps / decode_s if decode_s > 0 and n_steps else 0.0,
                 media_encode_seconds=media_s,

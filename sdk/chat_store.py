@@ -37,6 +37,7 @@ def save_chat(chat: Chat, path: Path) -> None:
         "model": sess.thinker.model.path.name,
         "system": chat.system,
         "speech": chat.speech,
+        "speech_settings": _speech_settings_dict(chat),
         "options": dataclasses.asdict(chat.options),
         "messages": [m.to_dict() for m in chat._messages],
         "pending": [int(t) for t in chat._pending],
@@ -48,6 +49,15 @@ def save_chat(chat: Chat, path: Path) -> None:
     write_atomic(path, b"".join([
         MAGIC, struct.pack("<I", len(hj)), hj, struct.pack("<Q", len(arrays)), arrays, struct.pack("<Q", len(kv)), kv,
     ]))
+
+
+def _speech_settings_dict(chat: Chat) -> dict[str, Any] | None:
+    """A speech chat's voice, preset, streaming mode and talker options (JSON-ready)."""
+    st = chat.speech_settings
+    if st is None:
+        return None
+    return {"voice": st.voice, "preset": st.preset, "streaming": st.streaming,
+            "options": dataclasses.asdict(st.options)}
 
 
 def _parse(data: bytes, path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], bytes]:
@@ -85,7 +95,14 @@ def restore_chat(omni: Omni, path: Path) -> Chat:
         raise ModelFileError(f"chat file not found: {path}; check the path") from None
     header, arrays, kv = _parse(data, Path(path))
     opts = GenerationOptions.from_dict(header.get("options") or {})
-    chat = Chat(omni, system=header.get("system"), speech=bool(header.get("speech")), options=opts)
+    speech = bool(header.get("speech"))
+    settings = None
+    if speech and isinstance(header.get("speech_settings"), dict):
+        from .speech import SpeechSettings
+
+        d = header["speech_settings"]
+        settings = SpeechSettings.resolve(d.get("voice"), d.get("preset"), d.get("options"), d.get("streaming"))
+    chat = Chat(omni, system=header.get("system"), speech=speech, options=opts, speech_settings=settings)
     try:
         if chat.speech and "hidden" not in arrays:
             raise ModelFileError(f"{path} has no hidden states for a speech chat; it is corrupt")

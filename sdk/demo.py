@@ -17,12 +17,13 @@ import os
 import shutil
 import sys
 import time
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+
+from .wav import save_wav
 
 DEMO_QUANT = "q8_0"
 DEMO_SEED = 0
@@ -122,16 +123,6 @@ def demo_audio(seconds: float = 2.0, rate: int = 16000) -> tuple[np.ndarray, int
     return (0.3 * (chirp + beeps)).astype(np.float32), rate
 
 
-def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
-    """Write mono float samples in [-1, 1] as a 16-bit WAV file."""
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-
-
 def _stats(done: Any) -> str:
     u, t = done.usage, done.timings
     parts = [f"finish: {done.finish_reason}", f"prompt {u.prompt_tokens} tok (media {u.media_tokens})",
@@ -156,7 +147,7 @@ async def run_demo(out: Path, speak: bool = False, rebuild: bool = False, thread
     from PIL import Image
 
     Image.fromarray(image).save(out / "demo-input.png")
-    write_wav(out / "demo-input.wav", pcm, rate)
+    save_wav(out / "demo-input.wav", pcm, rate)
     t0 = time.perf_counter()
     async with po.Omni.load(folder, n_ctx=2048, n_threads=threads) as omni:
         caps = omni.capabilities
@@ -188,7 +179,7 @@ async def run_demo(out: Path, speak: bool = False, rebuild: bool = False, thread
                     print("\n" + _stats(ev), file=stdout)
             if audio:
                 wav = out / f"demo-reply-{turn}.wav"
-                write_wav(wav, np.concatenate(audio), 24000)
+                save_wav(wav, np.concatenate(audio), 24000)
                 print(f"  [spoken reply: {wav}]", file=stdout)
     print(f"\ndone in {time.perf_counter() - t0:.1f} s. The words above are random: the weights are.", file=stdout)
     return 0

@@ -28,11 +28,12 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from .chat import Chat
+    from .speech import SpeechEngine
 
 __all__ = ["Omni"]
 
-# Spoken replies (talker + token2wav) are not wired into Chat yet: folders may carry the files already.
-SPEECH_IN_CHAT = False
+# Spoken replies (talker + token2wav) are wired into Chat (see speech.py).
+SPEECH_IN_CHAT = True
 
 
 class Omni:
@@ -78,6 +79,9 @@ class Omni:
         except BaseException:
             self._thinker.close()
             raise
+        self._n_threads, self._kv_f32 = n_threads, kv_f32
+        self._speech: SpeechEngine | None = None  # talker + token2wav, loaded by the first speech chat
+        self._speech_lock = threading.Lock()
         self._chats: weakref.WeakSet[Chat] = weakref.WeakSet()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -106,23 +110,53 @@ class Omni:
         """Context window of each chat, in tokens."""
         return self._thinker.settings.n_ctx
 
-    def chat(self, system: str | None = None, speech: bool = False, *, options: Any = None, **overrides: Any) -> Chat:
-        """A new conversation. `system`: the system prompt (None: the chat template's default).
+    def chat(self, system: str | None = None, speech: bool = False, *, voice: str | None = None,
+             speech_preset: str | None = None, speech_options: Any = None, speech_streaming: str | None = None,
+             options: Any = None, **overrides: Any) -> Chat:
+        """A new conversation. `system`: the system prompt (None: the chat template's default, or for
+        speech chats the prompt the model speaks with, `pocketomni.speech.SPEECH_SYSTEM_PROMPT`).
+
+        speech: also speak each reply: `AudioChunk` events (24 kHz float32) arrive beside the `TextDelta`s.
+        voice: "Chelsie" (default) or "Ethan". speech_preset: "fast" (default) or "reference" (the
+        reference's vocoder solver, ~18x the work). speech_options: SpeechOptions (or dict) for the
+        talker. speech_streaming: "exact" or "chunked" (default: exact for fast, chunked for reference).
+        The first speech chat loads the talker and token2wav files (a few seconds for real models).
 
         `options` (GenerationOptions or dict) and keyword overrides set the chat's default generation
         options; each `send` may override them again.
         """
         from .chat import Chat, _resolve_options
+        from .speech import SPEECH_SYSTEM_PROMPT, SpeechSettings, check_system_prompt
 
         self._check_open()
+        settings = None
         if speech:
             self.folder.require("speech_out")
             if not SPEECH_IN_CHAT:
                 raise FeatureUnavailableError(
                     "spoken replies are not wired into the chat API of this version yet; use chat(speech=False)"
                 )
+            settings = SpeechSettings.resolve(voice, speech_preset, speech_options, speech_streaming)
+            self._speech_engine().check_voice(settings.voice)
+            if system is None:
+                system = SPEECH_SYSTEM_PROMPT
+            else:
+                check_system_prompt(system)
+        elif any(v is not None for v in (voice, speech_preset, speech_options, speech_streaming)):
+            raise OptionsError("voice, speech_preset, speech_options and speech_streaming need chat(speech=True)")
         opts = _resolve_options(GenerationOptions(), options, overrides)
-        return Chat(self, system=system, speech=speech, options=opts)
+        return Chat(self, system=system, speech=speech, options=opts, speech_settings=settings)
+
+    def _speech_engine(self) -> SpeechEngine:
+        """The talker + token2wav shared by this model's speech chats (loaded on first use)."""
+        from .speech import SpeechEngine
+
+        with self._speech_lock:
+            self._check_open()
+            if self._speech is None:
+                self._speech = SpeechEngine(self.folder, self._thinker, n_ctx=self.n_ctx,
+                                            n_threads=self._n_threads, kv_f32=self._kv_f32)
+            return self._speech
 
     def restore_chat(self, path: str | os.PathLike[str]) -> Chat:
         """A chat saved with `chat.save(path)`, continuing exactly where it stopped."""
@@ -161,6 +195,9 @@ class Omni:
             except PocketOmniError:
                 pass  # a chat suspended in this thread; the model's close frees its context anyway
         self._media.close()
+        with self._speech_lock:
+            if self._speech is not None:
+                self._speech.close()
         self._thinker.close()
 
     async def aclose(self) -> None:

@@ -13,6 +13,7 @@ import pocketomni as po
 from omni_fixtures import build_checkpoint, load_processor, load_reference
 from pocketomni.chat import Chat
 from pocketomni.positions import KIND_AUDIO, KIND_IMAGE, KIND_TEXT
+from pocketomni.speech import SpeechSettings
 
 torch.set_num_threads(1)
 
@@ -26,7 +27,8 @@ def test_history_keeps_hidden_states_and_positions_like_the_reference(converted_
     t = np.arange(16000) / 16000
     aud = (0.3 * np.sin(2 * np.pi * 500 * t)).astype(np.float32)
     with po.Omni.load_sync(converted_tiny("base", "f32"), n_threads=1, kv_f32=True) as omni:
-        chat = Chat(omni, speech=True, options=po.GenerationOptions(max_tokens=5))  # what a speech chat keeps
+        settings = SpeechSettings(options=po.SpeechOptions(max_codes=4))  # keep the spoken part short
+        chat = Chat(omni, speech=True, options=po.GenerationOptions(max_tokens=5), speech_settings=settings)
         done = next(e for e in chat.send_sync("Hi", images=[img], audio=[(aud, 16000)]) if isinstance(e, po.Done))
         hist = chat._session.history
         ids = hist.ids.tolist()
