@@ -7,6 +7,8 @@
         async for ev in chat.send("What is in this picture?", images=["cat.jpg"]):
             if isinstance(ev, po.TextDelta):
                 print(ev.text, end="")
+
+    chat = omni.chat(speech=True, voice="Ethan")              # spoken replies: AudioChunk events too
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pocketomni.errors import (
 )
 from pocketomni.events import AudioChunk, Done, TextDelta, Timings, Usage
 from pocketomni.options import GenerationOptions, SpeechOptions
+from pocketomni.wav import save_wav
 
 __version__ = "0.1.0"
 
@@ -44,7 +47,9 @@ __all__ = [
     "TextDelta",
     "Timings",
     "Usage",
+    "VoiceSession",
     "__version__",
+    "save_wav",
 ]
 
 _LAZY = {
@@ -52,6 +57,7 @@ _LAZY = {
     "Chat": ("pocketomni.chat", "Chat"),
     "Capabilities": ("pocketomni.model_folder", "Capabilities"),
     "Message": ("pocketomni.conversation", "Message"),
+    "VoiceSession": ("pocketomni.voice", "VoiceSession"),
 }
 
 
