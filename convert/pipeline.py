@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,10 @@ from pocketomni.convert.checkpoint import Checkpoint, check_shapes, open_checkpo
 from pocketomni.convert.mmproj import MMPROJ_TYPES, audio_names, mmproj_expected, mmproj_plan, vision_names
 from pocketomni.convert.quantize import llama_quantize
 from pocketomni.convert.safetensors import MappedFiles
-from pocketomni.convert.thinker import DIRECT_TYPES, LLAMA_QUANT_TYPES, thinker_names, thinker_plan
-from pocketomni.convert.tokenizer import load_tokenizer
 from pocketomni.convert.talker import talker_expected, talker_plan
+from pocketomni.convert.thinker import DIRECT_TYPES, LLAMA_QUANT_TYPES, thinker_names, thinker_plan
 from pocketomni.convert.token2wav import token2wav_plan
+from pocketomni.convert.tokenizer import load_tokenizer
 from pocketomni.convert.writer import GGUFPlan, write_gguf
 from pocketomni.errors import ConversionError
 
@@ -181,46 +181,55 @@ def convert_checkpoint(
         ]
     with MappedFiles() as files:
         plans = [job.plan(files) for job in jobs]  # builds specs only; raises config errors early
-        total = sum(p.nbytes for p in plans)
-        need = total + sum(p.nbytes for p, j in zip(plans, jobs) if j.llama_quant)
-        _check_disk(out, need + (64 << 20))
+        return write_folder(out, list(zip(jobs, plans)), version=version, source=source, progress=progress,
+                            threads=threads, verb="writing", t0=t0)
 
-        # ---- writing ----
-        created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
-        temps: list[Path] = []
-        done: dict[str, Path] = {}
-        bar = _progress(total, progress)
-        try:
-            for job, plan in zip(jobs, plans):
-                final_tmp = out / f".{job.filename}.partial"
-                if bar is not None:
-                    bar.set_description(f"writing {job.filename}")
-                temps.append(final_tmp)
-                if job.llama_quant:
-                    inter = out / f".{job.filename}.bf16.partial"
-                    temps.append(inter)
-                    write_gguf(inter, plan, bar)
-                    if bar is not None:
-                        bar.set_description(f"quantizing {job.component} to {job.llama_quant}")
-                    llama_quantize(inter, final_tmp, job.llama_quant, threads)
-                    inter.unlink()
-                else:
-                    write_gguf(final_tmp, plan, bar)
-                done[job.component] = final_tmp
-        except BaseException:
-            for t in temps:
-                t.unlink(missing_ok=True)
-            if created and not any(out.iterdir()):
-                out.rmdir()
-            raise
-        finally:
+
+def write_folder(out: Path, items: Sequence[tuple[Any, GGUFPlan]], *, version: str, source: dict[str, Any],
+                 progress: bool, threads: int | None, verb: str, t0: float) -> ConversionResult:
+    """Write a model folder: check the disk, write each (job, plan) under a temporary name (quantizing
+    with llama.cpp where `job.llama_quant` asks), then move the files into place and write the manifest.
+    On any failure the partial files (and a folder this call created) are removed.
+
+    A job names its file: `component`, `filename`, `quant`, `llama_quant`.
+    """
+    total = sum(plan.nbytes for _, plan in items)
+    _check_disk(out, total + sum(plan.nbytes for job, plan in items if job.llama_quant) + (64 << 20))
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    temps: list[Path] = []
+    done: dict[str, Path] = {}
+    bar = _progress(total, progress)
+    try:
+        for job, plan in items:
+            final_tmp = out / f".{job.filename}.partial"
+            temps.append(final_tmp)
             if bar is not None:
-                bar.close()
+                bar.set_description(f"{verb} {job.filename}")
+            if job.llama_quant:
+                inter = out / f".{job.filename}.bf16.partial"
+                temps.append(inter)
+                write_gguf(inter, plan, bar)
+                if bar is not None:
+                    bar.set_description(f"quantizing {job.component} to {job.llama_quant}")
+                llama_quantize(inter, final_tmp, job.llama_quant, threads)
+                inter.unlink()
+            else:
+                write_gguf(final_tmp, plan, bar)
+            done[job.component] = final_tmp
+    except BaseException:
+        for t in temps:
+            t.unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
 
     files_out: dict[str, Path] = {}
     entries: dict[str, dict[str, Any]] = {}
-    for job in jobs:
+    for job, _ in items:
         final = out / job.filename
         os.replace(done[job.component], final)
         files_out[job.component] = final

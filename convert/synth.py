@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +35,11 @@ from pocketomni.convert.pipeline import (
     MMPROJ_QUANTS,
     THINKER_QUANTS,
     ConversionResult,
-    _check_disk,
     _check_quant,
-    _progress,
     _source_summary,
     _version,
+    write_folder,
 )
-from pocketomni.convert.quantize import llama_quantize
 from pocketomni.convert.safetensors import MappedFiles, TensorInfo
 from pocketomni.convert.synth_shapes import (
     MODEL_NAMES,
@@ -55,7 +52,7 @@ from pocketomni.convert.talker import talker_expected, talker_plan
 from pocketomni.convert.thinker import DIRECT_TYPES, LLAMA_QUANT_TYPES, thinker_names, thinker_plan
 from pocketomni.convert.token2wav import token2wav_plan
 from pocketomni.convert.tokenizer import load_tokenizer
-from pocketomni.convert.writer import GGUFPlan, write_gguf
+from pocketomni.convert.writer import GGUFPlan
 from pocketomni.errors import ConversionError
 
 SYNTH_FORMAT = 1  # bump when the generated values change (the demo model is rebuilt then)
@@ -302,56 +299,8 @@ def synth_model(
             _Job("token2wav", "token2wav-f32.gguf", "f32",
                  token2wav_plan(ckpt, files, meta("token2wav"), speakers=synthetic_speakers(seed))),
         ]
-    total = sum(j.plan.nbytes for j in jobs)
-    _check_disk(out, total + sum(j.plan.nbytes for j in jobs if j.llama_quant) + (64 << 20))
-    done = _write_jobs(out, jobs, total, progress, threads)
-
-    files_out: dict[str, Path] = {}
-    entries: dict[str, dict[str, Any]] = {}
-    for job in jobs:
-        final = out / job.filename
-        os.replace(done[job.component], final)
-        files_out[job.component] = final
-        entries[job.component] = {"path": job.filename, "type": job.quant, "bytes": final.stat().st_size}
-    content = mf.manifest_dict(version, source, entries)
-    mf.write_manifest(out / mf.MANIFEST, content)
-    return ConversionResult(out_dir=out, files=files_out, seconds=time.perf_counter() - t0, manifest=content)
-
-
-def _write_jobs(out: Path, jobs: list[_Job], total: int, progress: bool, threads: int | None) -> dict[str, Path]:
-    """Write every job under a temporary name (quantizing where asked); on failure remove them all."""
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    temps: list[Path] = []
-    done: dict[str, Path] = {}
-    bar = _progress(total, progress)
-    try:
-        for job in jobs:
-            final_tmp = out / f".{job.filename}.partial"
-            temps.append(final_tmp)
-            if bar is not None:
-                bar.set_description(f"generating {job.filename}")
-            if job.llama_quant:
-                inter = out / f".{job.filename}.bf16.partial"
-                temps.append(inter)
-                write_gguf(inter, job.plan, bar)
-                if bar is not None:
-                    bar.set_description(f"quantizing {job.component} to {job.llama_quant}")
-                llama_quantize(inter, final_tmp, job.llama_quant, threads)
-                inter.unlink()
-            else:
-                write_gguf(final_tmp, job.plan, bar)
-            done[job.component] = final_tmp
-    except BaseException:
-        for t in temps:
-            t.unlink(missing_ok=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    return done
+    return write_folder(out, [(j, j.plan) for j in jobs], version=version, source=source, progress=progress,
+                        threads=threads, verb="generating", t0=t0)
 
 
 def add_synth_parser(subparsers: Any) -> argparse.ArgumentParser:
