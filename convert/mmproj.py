@@ -22,7 +22,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 from pocketomni.convert.checkpoint import Checkpoint, cfg_get
 from pocketomni.convert.safetensors import MappedFiles, TensorInfo, iter_rows_f32, read_f32
-from pocketomni.convert.writer import GGUFPlan, TensorSpec, can_store, one_block
+from pocketomni.convert.writer import GGUFPlan, TensorSpec, add_meta_strings, can_store, one_block
 from pocketomni.errors import ConversionError
 
 PROJECTOR = "qwen2.5o"
@@ -249,9 +249,7 @@ def mmproj_plan(ckpt: Checkpoint, files: MappedFiles, mode: str, meta: dict[str,
         w.add_audio_head_count(as_["heads"])
         w.add_audio_num_mel_bins(as_["mels"])
         w.add_audio_attention_layernorm_eps(AUDIO_EPS)
-        for k, v in meta.items():
-            if k != "name":
-                w.add_string(f"pocketomni.{k}", v)
+        add_meta_strings(w, meta)
 
     return GGUFPlan(arch="clip", kv=kv, tensors=tensors)
 

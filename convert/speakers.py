@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from pocketomni.errors import ConversionError
 
 # Storage class name -> numpy dtype of its elements ("bf16" is read as uint16 bits, widened to f32).

@@ -22,11 +22,17 @@ from typing import Any
 import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT
-
 from pocketomni.convert.checkpoint import Checkpoint, cfg_get
 from pocketomni.convert.safetensors import MappedFiles, iter_rows_f32, read_f32
-from pocketomni.convert.thinker import DecoderShape, copy_spec, decoder_names, decoder_shape, float_type
-from pocketomni.convert.writer import GGUFPlan, TensorSpec
+from pocketomni.convert.thinker import (
+    DecoderShape,
+    add_decoder_kv,
+    copy_spec,
+    decoder_names,
+    decoder_shape,
+    float_type,
+)
+from pocketomni.convert.writer import GGUFPlan, TensorSpec, add_meta_strings
 from pocketomni.errors import ConversionError
 
 ARCH = "paddleocr"
@@ -101,24 +107,9 @@ def talker_plan(
         tensors.append(copy_spec(files, ckpt.tensors[hf], names[hf][0], float_type(mode, ckpt.tensors[hf])))
 
     def kv(w: gguf.GGUFWriter) -> None:
-        w.add_type(gguf.GGUFType.MODEL)
-        w.add_name(meta.get("name", "Qwen2.5-Omni talker"))
-        w.add_file_type(ftype)
-        w.add_context_length(s.context)
-        w.add_embedding_length(s.hidden)
-        w.add_block_count(s.layers)
-        w.add_feed_forward_length(s.ffn)
-        w.add_head_count(s.heads)
-        w.add_head_count_kv(s.kv_heads)
-        w.add_key_length(s.head_dim)
-        w.add_value_length(s.head_dim)
-        w.add_rope_freq_base(s.rope_theta)
-        w.add_layer_norm_rms_eps(s.eps)
-        w.add_rope_dimension_sections(list(s.sections))
+        add_decoder_kv(w, s, meta.get("name", "Qwen2.5-Omni talker"), ftype, head_dim=True)
         w.add_vocab_size(s.vocab)
         w.add_tokenizer_model("none")
-        for k, v in meta.items():
-            if k != "name":
-                w.add_string(f"pocketomni.{k}", v)
+        add_meta_strings(w, meta)
 
     return GGUFPlan(arch=ARCH, kv=kv, tensors=tensors)

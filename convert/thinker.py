@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType as QT
 from pocketomni.convert.checkpoint import Checkpoint, cfg_get
 from pocketomni.convert.safetensors import MappedFiles, TensorInfo, iter_rows_f32
 from pocketomni.convert.tokenizer import TokenizerMeta
-from pocketomni.convert.writer import GGUFPlan, TensorSpec
+from pocketomni.convert.writer import GGUFPlan, TensorSpec, add_meta_strings
 from pocketomni.errors import ConversionError
 
 ARCH = "qwen2vl"
@@ -159,27 +159,32 @@ def thinker_plan(
     ]
 
     def kv(w: gguf.GGUFWriter) -> None:
-        w.add_type(gguf.GGUFType.MODEL)
-        w.add_name(meta.get("name", "Qwen2.5-Omni thinker"))
-        w.add_file_type(ftype)
-        w.add_context_length(s.context)
-        w.add_embedding_length(s.hidden)
-        w.add_block_count(s.layers)
-        w.add_feed_forward_length(s.ffn)
-        w.add_head_count(s.heads)
-        w.add_head_count_kv(s.kv_heads)
-        if s.head_dim != s.hidden // s.heads:
-            w.add_key_length(s.head_dim)
-            w.add_value_length(s.head_dim)
-        w.add_rope_freq_base(s.rope_theta)
-        w.add_layer_norm_rms_eps(s.eps)
-        w.add_rope_dimension_sections(list(s.sections))
+        add_decoder_kv(w, s, meta.get("name", "Qwen2.5-Omni thinker"), ftype,
+                       head_dim=s.head_dim != s.hidden // s.heads)
         tok.add_to(w)
-        for k, v in meta.items():
-            if k != "name":
-                w.add_string(f"pocketomni.{k}", v)
+        add_meta_strings(w, meta)
 
     return GGUFPlan(arch=ARCH, kv=kv, tensors=tensors)
+
+
+def add_decoder_kv(w: gguf.GGUFWriter, s: DecoderShape, name: str, ftype: int, head_dim: bool) -> None:
+    """The llama.cpp hyper-parameters of a Qwen2 M-RoPE decoder (thinker or talker).
+    `head_dim`: write key/value lengths (needed when heads x head_dim != hidden)."""
+    w.add_type(gguf.GGUFType.MODEL)
+    w.add_name(name)
+    w.add_file_type(ftype)
+    w.add_context_length(s.context)
+    w.add_embedding_length(s.hidden)
+    w.add_block_count(s.layers)
+    w.add_feed_forward_length(s.ffn)
+    w.add_head_count(s.heads)
+    w.add_head_count_kv(s.kv_heads)
+    if head_dim:
+        w.add_key_length(s.head_dim)
+        w.add_value_length(s.head_dim)
+    w.add_rope_freq_base(s.rope_theta)
+    w.add_layer_norm_rms_eps(s.eps)
+    w.add_rope_dimension_sections(list(s.sections))
 
 
 def _order_key(gguf_name: str) -> tuple[int, int, str]:

@@ -18,12 +18,11 @@ from typing import Any
 import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT
-
 from pocketomni.convert.checkpoint import Checkpoint, cfg_get
 from pocketomni.convert.safetensors import MappedFiles, iter_rows_f32
 from pocketomni.convert.speakers import read_speakers
 from pocketomni.convert.talker import PROJ_B, PROJ_W, talker_config
-from pocketomni.convert.writer import GGUFPlan, TensorSpec, one_block
+from pocketomni.convert.writer import GGUFPlan, TensorSpec, add_meta_strings, one_block
 from pocketomni.errors import ConversionError
 from pocketomni.weights import (
     GGUF_NAME_MAX,
@@ -148,9 +147,7 @@ def token2wav_plan(
         w.add_array(KEY_SPEAKER_BOS, [int(spk[n]["bos_token"]) for n in order])
         for field, key in ID_KEYS.items():
             w.add_uint32(key, ids[field])
-        for k, v in meta.items():
-            if k != "name":
-                w.add_string(f"pocketomni.{k}", v)
+        add_meta_strings(w, meta)
 
     return GGUFPlan(arch=TOKEN2WAV_ARCH, kv=kv, tensors=tensors)
 

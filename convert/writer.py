@@ -155,3 +155,10 @@ def one_block(fn: Callable[[], np.ndarray]) -> BlockSource:
         yield fn()
 
     return gen
+
+
+def add_meta_strings(w: gguf.GGUFWriter, meta: dict[str, str]) -> None:
+    """Provenance strings (`pocketomni.*`) other than the name."""
+    for k, v in meta.items():
+        if k != "name":
+            w.add_string(f"pocketomni.{k}", v)
