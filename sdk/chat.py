@@ -34,6 +34,7 @@ from .events import AudioChunk, Done, Event, TextDelta, Timings, Usage
 from .options import GenerationOptions
 from .positions import KIND_TEXT, Segment, TextSegment, build_prompt
 from .thinker import MEDIA_TOKEN_IDS, ThinkerSession, sampling_params
+from .video_input import overflow_advice, video_cost
 
 if TYPE_CHECKING:
     from .omni import Omni
@@ -89,7 +90,8 @@ def _resolve_options(base: GenerationOptions, options: Any, overrides: Mapping[s
 
 def _strip_sources(m: Message) -> Message:
     """The message as kept in history: media as labels only (frees decoded pixels / samples)."""
-    return Message(m.role, tuple(p if p.kind == "text" else Part(p.kind, label=p.label) for p in m.parts), m.interrupted)
+    return Message(m.role, tuple(p if p.kind == "text" else Part(p.kind, label=p.label, use_audio=p.use_audio)
+                                for p in m.parts), m.interrupted)
 
 
 class Chat:
@@ -119,25 +121,30 @@ class Chat:
 
     # ------------------------------------------------------------------ public API
 
-    def send(self, text: str | None = None, *, images: Any = None, audio: Any = None,
-             messages: Sequence[Mapping[str, Any]] | None = None, options: Any = None,
-             **overrides: Any) -> ThreadStream[Event]:
+    def send(self, text: str | None = None, *, images: Any = None, audio: Any = None, video: Any = None,
+             use_audio_in_video: bool = True, messages: Sequence[Mapping[str, Any]] | None = None,
+             options: Any = None, **overrides: Any) -> ThreadStream[Event]:
         """Stream one turn: TextDelta events, then Done. `async for ev in chat.send(...)`.
 
         images: paths, bytes, PIL images or numpy arrays; audio: paths (wav/mp3/flac) or
-        (array, sample_rate). The turn holds the images, then the audio clips, then the text.
+        (array, sample_rate); video: a file path (needs PyAV: pip install av), (frames, fps) or
+        (frames, fps, audio, sample_rate), sampled at 2 fps with its sound track interleaved in 2 s
+        chunks unless use_audio_in_video=False. The turn holds the video, the images, then the audio
+        clips, then the text.
         messages: OpenAI-style messages to append instead (the last one a user message).
         options / keyword overrides: GenerationOptions fields (max_tokens, temperature, ...).
         Breaking out of the loop or cancelling the task stops decoding within one token.
         """
-        new, opts, params = self._request(text, images, audio, messages, options, overrides)
+        new, opts, params = self._request(text, images, audio, messages, options, overrides, video,
+                                          use_audio_in_video)
         return ThreadStream(lambda flag: self._turn(new, opts, params, flag, wait=True))
 
-    def send_sync(self, text: str | None = None, *, images: Any = None, audio: Any = None,
-                  messages: Sequence[Mapping[str, Any]] | None = None, options: Any = None,
-                  **overrides: Any) -> Iterator[Event]:
+    def send_sync(self, text: str | None = None, *, images: Any = None, audio: Any = None, video: Any = None,
+                  use_audio_in_video: bool = True, messages: Sequence[Mapping[str, Any]] | None = None,
+                  options: Any = None, **overrides: Any) -> Iterator[Event]:
         """The blocking twin of `send`: a generator of the same events, run in the calling thread."""
-        new, opts, params = self._request(text, images, audio, messages, options, overrides)
+        new, opts, params = self._request(text, images, audio, messages, options, overrides, video,
+                                          use_audio_in_video)
         return self._turn(new, opts, params, CancelFlag(), wait=True)
 
     def cancel(self) -> None:
@@ -213,15 +220,16 @@ class Chat:
     # ------------------------------------------------------------------ internals
 
     def _request(self, text: Any, images: Any, audio: Any, messages: Any, options: Any,
-                 overrides: Mapping[str, Any]) -> tuple[list[Message], GenerationOptions, SamplingParams]:
+                 overrides: Mapping[str, Any], video: Any = None,
+                 use_audio_in_video: bool = True) -> tuple[list[Message], GenerationOptions, SamplingParams]:
         opts = _resolve_options(self.options, options, overrides)
         params = sampling_params(opts)
         if messages is not None:
-            if text is not None or images is not None or audio is not None:
-                raise OptionsError("pass either messages=[...] or text/images/audio, not both")
+            if text is not None or images is not None or audio is not None or video is not None:
+                raise OptionsError("pass either messages=[...] or text/images/audio/video, not both")
             new = parse_messages(messages)
         else:
-            new = [user_message(text, images, audio)]
+            new = [user_message(text, images, audio, video, use_audio_in_video)]
         return new, opts, params
 
     def _snapshot(self) -> Any:
@@ -257,7 +265,7 @@ class Chat:
                 ids = th.tokenize(piece)
                 if any(t in MEDIA_TOKEN_IDS for t in ids):
                     raise MediaError("the text contains <|IMAGE|>, <|AUDIO|> or <|VIDEO|>; remove them and pass media as "
-                                     "images=[...] / audio=[...]")
+                                     "images=[...] / audio=[...] / video=...")
                 segments.append(TextSegment(head + ids))
                 head = []
             else:
@@ -274,7 +282,9 @@ class Chat:
                 f"this turn needs {n_new} tokens ({n_media} of them for media) plus room for a reply, but only "
                 f"{room} of the {self.n_ctx}-token context are free. Send less text or media, downscale images "
                 "(or load with Omni.load(..., image_max_pixels=...)), call chat.reset() / start a new chat, or load "
-                "the model with a larger n_ctx."
+                "the model with a larger n_ctx." + overflow_advice(
+                    [video_cost(p.video, p.segment.audio_tokens is not None) for p in prepared if p.video is not None],
+                    n_new + 1, room)
             )
         return msgs, layout, prepared
 

@@ -21,15 +21,18 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FeatureUnavailableError, MediaError, ModelFileError, OptionsError
+from .errors import MediaError, ModelFileError, OptionsError
 
 __all__ = [
-    "AUDIO_PLACEHOLDER", "IMAGE_PLACEHOLDER", "SPEECH_SYSTEM_PROMPT", "ChatTemplate", "Message", "Part",
+    "AUDIO_PLACEHOLDER", "IMAGE_PLACEHOLDER", "SPEECH_SYSTEM_PROMPT", "VIDEO_PLACEHOLDER", "ChatTemplate", "Message",
+    "Part",
     "parse_messages", "render_delta", "split_rendered", "user_message",
 ]
 
 IMAGE_PLACEHOLDER = "<|vision_bos|><|IMAGE|><|vision_eos|>"
 AUDIO_PLACEHOLDER = "<|audio_bos|><|AUDIO|><|audio_eos|>"
+VIDEO_PLACEHOLDER = "<|vision_bos|><|VIDEO|><|vision_eos|>"
+_PLACEHOLDER_OF = {"image": IMAGE_PLACEHOLDER, "audio": AUDIO_PLACEHOLDER, "video": VIDEO_PLACEHOLDER}
 # The system prompt the released model needs for spoken replies (from its model card).
 SPEECH_SYSTEM_PROMPT = (
     "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
@@ -37,27 +40,32 @@ SPEECH_SYSTEM_PROMPT = (
 )
 ROLES = ("system", "user", "assistant")
 _SENTINEL = "\x00pocketomni-reply\x00"  # stands for the last (cached) assistant reply when rendering deltas
-_PLACEHOLDERS = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(AUDIO_PLACEHOLDER)})")
+_PLACEHOLDERS = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(AUDIO_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)})")
 
 
 @dataclass(frozen=True)
 class Part:
-    """One piece of a message: text, or an image / audio clip.
+    """One piece of a message: text, or an image / audio clip / video.
 
-    `source` is what the caller passed for a media part (path, bytes, PIL image, array, (array, rate));
-    it is not kept in saved chats. `label` is a short description that is ("cat.jpg", "image 640x480").
+    `source` is what the caller passed for a media part (path, bytes, PIL image, array, (array, rate),
+    a video path or (frames, fps[, audio, rate])); it is not kept in saved chats. `label` is a short
+    description that is ("cat.jpg", "image 640x480"). `use_audio` (videos): interleave the sound track.
     """
 
-    kind: str  # "text" | "image" | "audio"
+    kind: str  # "text" | "image" | "audio" | "video"
     text: str = ""
     source: Any = field(default=None, compare=False, repr=False)
     label: str = ""
+    use_audio: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (media as their label)."""
         if self.kind == "text":
             return {"type": "text", "text": self.text}
-        return {"type": self.kind, "label": self.label}
+        d: dict[str, Any] = {"type": self.kind, "label": self.label}
+        if self.kind == "video" and not self.use_audio:
+            d["use_audio"] = False
+        return d
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,7 @@ class Message:
 
     @property
     def media(self) -> list[Part]:
-        """The image and audio parts, in order."""
+        """The image, audio and video parts, in order."""
         return [p for p in self.parts if p.kind != "text"]
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,7 +98,7 @@ class Message:
         """Inverse of `to_dict` (media come back as labels only)."""
         parts = tuple(
             Part("text", text=str(c.get("text", ""))) if c.get("type") == "text"
-            else Part(str(c.get("type")), label=str(c.get("label", "")))
+            else Part(str(c.get("type")), label=str(c.get("label", "")), use_audio=bool(c.get("use_audio", True)))
             for c in d.get("content", [])
         )
         return cls(str(d["role"]), parts, bool(d.get("interrupted", False)))
@@ -125,9 +133,37 @@ def _label(kind: str, src: Any) -> str:
     return kind
 
 
-def media_part(kind: str, src: Any) -> Part:
-    """A media part for an image or audio source."""
+def media_part(kind: str, src: Any, use_audio: bool = True) -> Part:
+    """A media part for an image, audio or video source."""
+    if kind == "video":
+        return Part(kind, source=src, label=_video_label(src), use_audio=bool(use_audio))
     return Part(kind, source=src, label=_label(kind, src))
+
+
+def _video_label(src: Any) -> str:
+    if isinstance(src, tuple) and len(src) in (2, 4):
+        try:
+            n = len(src[0])
+        except TypeError:
+            return "video"
+        return f"video ({n} frames at {src[1]} fps{', with sound' if len(src) == 4 else ''})"
+    return _label("video", src)
+
+
+def _check_video_source(src: Any) -> None:
+    """Shape checks a video source needs before anything is decoded (typed errors, how to fix)."""
+    if isinstance(src, (str, os.PathLike)):
+        return
+    if isinstance(src, tuple):
+        if len(src) not in (2, 4):
+            raise OptionsError("pass video as a file path, (frames, fps) or (frames, fps, audio, sample_rate); "
+                               f"got a tuple of {len(src)} items")
+        return
+    if isinstance(src, Sequence) and not isinstance(src, (bytes, bytearray)):
+        raise OptionsError("one video per turn item: pass video=path, video=(frames, fps) or "
+                           "video=(frames, fps, audio, sample_rate); frames alone need their fps")
+    raise OptionsError(f"unsupported video input {type(src).__name__}; pass a file path, (frames, fps) or "
+                       "(frames, fps, audio, sample_rate)")
 
 
 def _as_list(x: Any, what: str) -> list[Any]:
@@ -140,16 +176,27 @@ def _as_list(x: Any, what: str) -> list[Any]:
     raise OptionsError(f"{what} must be a list of inputs, got {type(x).__name__}")
 
 
-def user_message(text: str | None = None, images: Any = None, audio: Any = None) -> Message:
-    """A user turn: the images (in order), then the audio clips (in order), then the text."""
+def user_message(text: str | None = None, images: Any = None, audio: Any = None, video: Any = None,
+                 use_audio_in_video: bool = True) -> Message:
+    """A user turn: the video (if any), then the images (in order), the audio clips (in order), the text.
+
+    video: a file path (needs PyAV), (frames, fps) or (frames, fps, audio, sample_rate); its sound
+    track is interleaved with the frames unless use_audio_in_video is False.
+    """
     if text is not None and not isinstance(text, str):
         raise OptionsError(f"text must be a string, got {type(text).__name__}")
-    parts = [media_part("image", s) for s in _as_list(images, "images")]
+    if not isinstance(use_audio_in_video, bool):
+        raise OptionsError(f"use_audio_in_video must be True or False, got {use_audio_in_video!r}")
+    parts = []
+    if video is not None:
+        _check_video_source(video)
+        parts.append(media_part("video", video, use_audio_in_video))
+    parts += [media_part("image", s) for s in _as_list(images, "images")]
     parts += [media_part("audio", s) for s in _as_list(audio, "audio")]
     if text:
         parts.append(Part("text", text=text))
     if not parts:
-        raise OptionsError("a turn needs text, images or audio; got nothing to send")
+        raise OptionsError("a turn needs text, images, audio or a video; got nothing to send")
     return Message("user", tuple(parts))
 
 
@@ -194,9 +241,16 @@ def _content_part(item: Any, role: str) -> Part:
         src = item.get("audio") if kind == "audio" else _url_source(item.get("audio_url"), "an audio_url item")
         return media_part("audio", src)
     if kind in ("video", "video_url"):
-        raise FeatureUnavailableError("video input is not supported by this version of the chat API yet")
+        src = item.get("video") if kind == "video" else _url_source(item.get("video_url"), "a video_url item")
+        if isinstance(src, list):  # OpenAI-style list of frames needs its rate
+            raise OptionsError("a video item needs a file path or (frames, fps[, audio, sample_rate])")
+        use_audio = item.get("use_audio_in_video", True)
+        if not isinstance(use_audio, bool):
+            raise OptionsError("use_audio_in_video in a video item must be True or False")
+        _check_video_source(src)
+        return media_part("video", src, use_audio)
     raise OptionsError(
-        f"unknown content type {kind!r}; use 'text', 'image_url', 'image', 'input_audio' or 'audio'"
+        f"unknown content type {kind!r}; use 'text', 'image_url', 'image', 'input_audio', 'audio' or 'video'"
     )
 
 
@@ -283,11 +337,11 @@ def split_rendered(text: str, media: Sequence[Part]) -> list[str | Part]:
     """Cut rendered text at the media placeholders: text pieces and the media parts, in order."""
     pieces = _PLACEHOLDERS.split(text)
     found = [p for p in pieces[1::2]]
-    want = [IMAGE_PLACEHOLDER if m.kind == "image" else AUDIO_PLACEHOLDER for m in media]
+    want = [_PLACEHOLDER_OF[m.kind] for m in media]
     if len(found) > len(want):
         raise MediaError(
-            "the text contains the model's media placeholder tokens (<|vision_bos|>, <|IMAGE|>, <|AUDIO|> ...); "
-            "remove them and pass images / audio as attachments instead"
+            "the text contains the model's media placeholder tokens (<|vision_bos|>, <|IMAGE|>, <|AUDIO|>, "
+            "<|VIDEO|> ...); remove them and pass images / audio / video as attachments instead"
         )
     if found != want:
         raise ModelFileError(

@@ -31,6 +31,7 @@ from .backend.llama import LlamaModel
 from .backend.sampling import SamplingParams, sample
 from .errors import ContextOverflowError, ModelFileError, OptionsError, PocketOmniError
 from .options import SpeechOptions
+from .video_input import decode_in_order, needs_ordered_decode
 from .weights import Token2WavWeights, load_token2wav
 
 EmbedFn = Callable[[Sequence[int]], np.ndarray]
@@ -158,7 +159,11 @@ class Talker:
 
         self.ctx.clear()
         self._active = False
-        self.last_logits = self.ctx.decode(embeddings=x, positions=rows, logits="last").last_logits.copy()
+        if needs_ordered_decode(rows[:3]):  # a video with its sound: positions go back in time
+            result = decode_in_order(self.ctx, x, rows[:3])
+        else:
+            result = self.ctx.decode(embeddings=x, positions=rows, logits="last")
+        self.last_logits = result.last_logits.copy()
         self._next_pos = top + 2
         # ids the reference's generate has seen: codec_mask per prompt token, then codec_pad, codec_bos
         self._seen = np.zeros(self.model.n_vocab, dtype=bool)

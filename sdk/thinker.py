@@ -24,6 +24,7 @@ from .conversation import ChatTemplate
 from .errors import ModelFileError, PocketOmniError
 from .options import GenerationOptions
 from .positions import KIND_TEXT, PromptLayout, TokenIds
+from .video_input import decode_in_order, needs_ordered_decode
 
 __all__ = ["MEDIA_TOKEN_IDS", "ContextSettings", "History", "Thinker", "ThinkerSession", "sampling_params"]
 
@@ -215,6 +216,9 @@ class ThinkerSession:
             if np.all(kinds == KIND_TEXT):
                 res = self.ctx.decode(tokens=ids, positions=rows[0], logits="last", hidden=self._hidden_sel(),
                                       should_stop=should_stop)
+            elif needs_ordered_decode(layout.positions):  # a video with its sound: positions go back in time
+                res = decode_in_order(self.ctx, self._embeddings(ids, kinds, media), layout.positions,
+                                      hidden=self.history.keeps_hidden, should_stop=should_stop)
             else:
                 res = self.ctx.decode(embeddings=self._embeddings(ids, kinds, media), positions=rows,
                                       logits="last", hidden=self._hidden_sel(), should_stop=should_stop)

@@ -32,7 +32,15 @@ from .batch import (
     check_tokens,
     select_rows,
 )
-from .kv_state import SeqLog, pack_state, unpack_state, write_atomic
+from .kv_state import (
+    SeqLog,
+    cell_positions,
+    clamp_cell_positions,
+    pack_state,
+    set_cell_t,
+    unpack_state,
+    write_atomic,
+)
 from .llama import LlamaModel
 
 if TYPE_CHECKING:
@@ -331,6 +339,52 @@ class LlamaContext:
                 seq = self._check_seq(seq_id)
                 L.llama_memory_seq_rm(self._mem, seq, -1, -1)
                 self._logs[seq] = SeqLog()
+
+    def _raw_state(self, seq: int) -> Any:
+        """llama_state_seq_get_data of a sequence in a writable ctypes buffer."""
+        size = int(L.llama_state_seq_get_size(self.ptr, seq))
+        buf = (ctypes.c_uint8 * max(size, 1))()
+        got = int(L.llama_state_seq_get_data(self.ptr, buf, size, seq))
+        if got != size:
+            raise PocketOmniError(f"llama_state_seq_get_data wrote {got} of {size} bytes")
+        return (ctypes.c_uint8 * size).from_buffer(buf)
+
+    def stored_positions(self, seq_id: int = 0) -> np.ndarray:
+        """(n_cells, 3) (t, h, w) positions llama.cpp holds for the sequence's cells (mask and batch checks)."""
+        seq = self._check_seq(seq_id)
+        with self.lock:
+            return cell_positions(self._raw_state(seq), self.model.n_pos_per_embd > 1)
+
+    def clamp_positions(self, seq_id: int, t_max: int) -> int:
+        """Lower the stored t of every cell of a sequence above t_max to t_max; returns how many changed.
+
+        llama.cpp keeps keys already rotated, so a cell's stored position only decides the KV mask
+        (key visible iff key.t < query.t, or equal with (h, w) not after the query's) and where the
+        next batch may start (not below the max t). Clamping makes every cached cell visible to all
+        later queries with t > t_max, which lets a batch whose positions go back in time (the audio of
+        a video chunk after its frames) attend to everything decoded before it, as the reference's
+        sequence-order causal mask does. Our position log keeps the true positions (next_pos).
+        Costs one round trip of the sequence's KV state through one host buffer (rewritten in place).
+        """
+        seq = self._check_seq(seq_id)
+        if t_max < 0:
+            raise ValueError("t_max must be >= 0")
+        ext = self.model.n_pos_per_embd > 1
+        with self.lock:
+            buf = self._raw_state(seq)
+            old = clamp_cell_positions(buf, int(t_max), ext)
+            n = int(np.count_nonzero(old > t_max))
+            if n == 0:
+                return 0
+            mark = _log.mark()
+            if int(L.llama_state_seq_set_data(self.ptr, buf, len(buf), seq)) == 0:
+                detail = _log.recent_errors(mark)
+                set_cell_t(buf, old, ext)  # put the cells back as they were
+                if int(L.llama_state_seq_set_data(self.ptr, buf, len(buf), seq)) == 0:
+                    L.llama_memory_seq_rm(self._mem, seq, -1, -1)
+                    self._logs[seq] = SeqLog()
+                raise PocketOmniError(f"llama.cpp could not restore the relabelled KV cells: {detail}")
+            return n
 
     # ------------------------------------------------------------------ state
 

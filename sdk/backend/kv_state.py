@@ -145,3 +145,54 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+# ---------------------------------------------------------------------- cell positions in llama.cpp's bytes
+#
+# llama_state_seq_get_data(seq) = u32 magic | i32 seq_id | u32 n_stream | per stream: u32 n_cells, then per
+# cell: i32 pos | u32 n_seq_id | (M-RoPE models: i32 x | i32 y | i32 tok) | i32 seq_id * n_seq_id, then the
+# K/V tensors. Saving one sequence writes exactly one seq id per cell, so the meta has a fixed stride.
+
+_SEQ_HEADER = 12  # magic, seq_id, n_stream
+
+
+def _cell_table(buf: Any, has_ext: bool) -> np.ndarray:
+    """(n_cells, stride / 4) int32 view of the cell table of one sequence's state bytes (no copy)."""
+    from ..errors import PocketOmniError
+
+    mv = memoryview(buf).cast("B")
+    if len(mv) < _SEQ_HEADER + 4:
+        return np.zeros((0, 6 if has_ext else 3), "<i4")
+    n_stream, n_cells = struct.unpack_from("<I", mv, 8)[0], struct.unpack_from("<I", mv, _SEQ_HEADER)[0]
+    if n_stream != 1:
+        raise PocketOmniError(f"KV position rewrite needs a unified KV cache (1 stream), this state has {n_stream}")
+    width = 6 if has_ext else 3  # pos, n_seq_id, [x, y, tok], seq_id
+    if _SEQ_HEADER + 4 + 4 * width * n_cells > len(mv):
+        raise PocketOmniError("KV state is shorter than its cell table")
+    table = np.frombuffer(mv, dtype="<i4", count=width * n_cells, offset=_SEQ_HEADER + 4).reshape(n_cells, width)
+    if n_cells and np.any(table[:, 1] != 1):
+        raise PocketOmniError("KV position rewrite expects one sequence id per saved cell")
+    return table
+
+
+def clamp_cell_positions(buf: Any, t_max: int, has_ext: bool) -> np.ndarray:
+    """Lower, in place, the t position of every cell above t_max to t_max in one sequence's state bytes
+    (a writable buffer: bytearray, ctypes array). Only positions change: the 2-D ext (h, w), token and
+    K/V data stay. Returns the original t of every cell (to undo with `set_cell_t`)."""
+    table = _cell_table(buf, has_ext)
+    old = table[:, 0].copy()
+    np.minimum(table[:, 0], int(t_max), out=table[:, 0])
+    return old
+
+
+def set_cell_t(buf: Any, t: np.ndarray, has_ext: bool) -> None:
+    """Write the t position of every cell (e.g. the originals `clamp_cell_positions` returned)."""
+    _cell_table(buf, has_ext)[:, 0] = t
+
+
+def cell_positions(buf: Any, has_ext: bool) -> np.ndarray:
+    """(n_cells, 3) int32 stored (t, h, w) of the cells in one sequence's state bytes (h = w = t without ext)."""
+    table = _cell_table(buf, has_ext)
+    if has_ext:
+        return np.stack([table[:, 0], table[:, 3], table[:, 2]], axis=1).astype(np.int32)  # ext = x (w), y (h), tok
+    return np.repeat(table[:, :1], 3, axis=1).astype(np.int32)

@@ -36,7 +36,7 @@ MIN_AUDIO_SAMPLES = 2  # libmtmd aborts on a one-sample clip
 class MediaEmbedding:
     """Encoder output for one image or audio clip."""
 
-    kind: str  # "image" or "audio"
+    kind: str  # "image", "audio" or "video" (frame pairs)
     embd: np.ndarray  # float32 (n_tokens, n_embd)
     grid: tuple[int, int] | None  # image: (nx, ny) tokens after merging (width, height); audio: None
     n_pos: int  # positions mtmd's own path advances by (image: max(nx, ny); audio: n_tokens)
@@ -268,6 +268,55 @@ class MtmdContext:
         self._need(False)
         a = _check_audio(pcm)
         return self._encode("audio", lambda bm: bm.audio(a))
+
+    def encode_video_frames(self, frames: np.ndarray) -> MediaEmbedding:
+        """Encode video frames (T, H, W, 3) uint8, T even, in temporal pairs (Qwen-VL temporal merge).
+
+        Each consecutive pair (2i, 2i+1) becomes one group of tokens, like one temporal patch of the
+        reference's video processor; the rows of all groups are concatenated in order. grid is the
+        (nx, ny) token grid of one group. Frames must all have the same size (mtmd resizes each one
+        by the mmproj's pixel limits exactly like an image).
+        """
+        self._need(True)
+        a = np.asarray(frames)
+        if a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != 3:
+            raise MediaError(f"video frames must be an RGB uint8 array (T, H, W, 3), got {a.dtype} {a.shape}")
+        if a.shape[0] < 2 or a.shape[0] % 2:
+            raise MediaError(f"video frames come in pairs (one temporal patch = 2 frames); got {a.shape[0]}")
+        _check_image(a[0])
+        n_embd = self.model.n_embd_inp
+        with self.lock, _Bitmaps() as bm, _Chunks() as chunks:
+            keep = [np.ascontiguousarray(f) for f in a]
+            parts = []
+            for f in keep:
+                ptr = bm.image(f)
+                M.mtmd_bitmap_set_mergeable(ptr, True)
+                part = M.mtmd_input_part()
+                part.bitmap = ptr
+                parts.append(part)
+            arr = (ctypes.POINTER(M.mtmd_input_part) * len(parts))(*[ctypes.pointer(p) for p in parts])
+            mark = _log.mark()
+            rc = int(M.mtmd_tokenize_from_parts(self.ptr, chunks.ptr, arr, len(parts), False))
+            if rc != 0:
+                raise MediaError(f"mtmd could not preprocess the video frames (code {rc}): {_log.recent_errors(mark)}")
+            media = self._media_chunks(chunks)
+            if len(media) != a.shape[0] // 2:
+                raise PocketOmniError(
+                    f"mtmd made {len(media)} groups of {a.shape[0]} frames instead of {a.shape[0] // 2}; "
+                    "this projector does not merge frame pairs (not a Qwen-VL style vision tower)")
+            out, sizes = [], []
+            for c in media:
+                n = int(M.mtmd_input_chunk_get_n_tokens(c))
+                mark = _log.mark()
+                if int(M.mtmd_encode_chunk(self.ptr, c)) != 0:
+                    raise MediaError(f"mtmd failed to encode video frames: {_log.recent_errors(mark)}")
+                ptr = M.mtmd_get_output_embd(self.ptr)
+                if not ptr:
+                    raise PocketOmniError("mtmd returned no embeddings")
+                out.append(np.ctypeslib.as_array(ptr, shape=(n * n_embd,)).reshape(n, n_embd).copy())
+                sizes.append(n)
+            grid = self._grid(media[0])
+        return MediaEmbedding("video", np.concatenate(out), grid, 0, sizes)
 
     def count_image_tokens(self, width: int, height: int) -> tuple[int, tuple[int, int] | None]:
         """(n_tokens, (nx, ny)) mtmd would produce for an image of this size, without encoding it."""
