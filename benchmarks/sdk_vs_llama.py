@@ -131,6 +131,15 @@ def run_sdk(omni, n: int, use_async: bool) -> tuple[tuple[float, ...], list[int]
     return _rates(t0, marks[0], t2, len(done.tokens)), list(done.tokens)
 
 
+def prompt_ids(omni) -> list[int]:
+    """The token ids the SDK prefills for one PROMPT turn (what the raw baselines are given)."""
+    probe = omni.chat(max_tokens=1)
+    list(probe.send_sync(PROMPT))
+    ids = probe.tokens[: len(probe.tokens)]  # the prompt (the one reply token is pending, not cached)
+    probe.close()
+    return ids
+
+
 def run_raw(llm, ids: list[int], n: int) -> tuple[tuple[float, ...], list[int]]:
     llm.reset()
     marks: list[tuple[float, float]] = []
@@ -169,10 +178,7 @@ def main() -> int:
     import pocketomni as po
 
     omni = po.Omni.load_sync(path, n_ctx=2048, n_threads=args.threads)
-    probe = omni.chat(max_tokens=1)
-    list(probe.send_sync(PROMPT))
-    ids = probe.tokens[: len(probe.tokens)]  # the prompt (the one reply token is pending, not cached)
-    probe.close()
+    ids = prompt_ids(omni)
 
     def raw_model() -> llama_cpp.Llama:
         return llama_cpp.Llama(str(path), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads,

@@ -152,9 +152,18 @@ def torch_render(model, codes, spk, noise, preset: str) -> np.ndarray:
         return model.code2wav_bigvgan_model(x.permute(0, 2, 1)).reshape(-1).numpy()
 
 
-def bench_token2wav(omni, threads: int, n_codes: int, repeats: int, presets: list[str]) -> dict:
-    import torch
+def token2wav_inputs(n_codes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The random codes and initial noise every token2wav measurement uses."""
     from pocketomni.token2wav import NoiseSource
+
+    return np.random.default_rng(5).integers(0, 8193, n_codes), NoiseSource(80, seed=9).get(0, 2 * n_codes).copy()
+
+
+def bench_token2wav(omni, threads: int, n_codes: int, repeats: int, presets: list[str], streamed_too: bool = True,
+                    model=None) -> dict:
+    """numpy one-shot (and streamed, unless streamed_too=False) vs the PyTorch reference per preset;
+    `model`: an already built `torch_token2wav` (built here when None)."""
+    import torch
     from pocketomni.weights import load_token2wav
 
     torch.set_num_threads(threads)
@@ -162,9 +171,9 @@ def bench_token2wav(omni, threads: int, n_codes: int, repeats: int, presets: lis
     tw = engine.token2wav
     spk = engine.speaker("Chelsie")
     spk_raw = engine._speakers["Chelsie"]
-    model = torch_token2wav(load_token2wav(omni.folder.token2wav))
-    codes = np.random.default_rng(5).integers(0, 8193, n_codes)
-    noise = NoiseSource(80, seed=9).get(0, 2 * n_codes).copy()
+    if model is None:
+        model = torch_token2wav(load_token2wav(omni.folder.token2wav))
+    codes, noise = token2wav_inputs(n_codes)
     audio_s = n_codes * 480 / SR
     out: dict = {"codes": n_codes, "audio_seconds": audio_s}
     for preset in presets:
@@ -190,7 +199,7 @@ def bench_token2wav(omni, threads: int, n_codes: int, repeats: int, presets: lis
             return time.perf_counter() - t
 
         np_s, np_runs = median_of(ours, repeats)
-        st_s, st_runs = median_of(streamed, repeats)
+        st_s, st_runs = median_of(streamed, repeats) if streamed_too else (float("nan"), [])
         th_s, th_runs = median_of(ref, repeats)
         err = got["np"].astype(np.float64) - got["torch"].astype(np.float64)
         snr = 10 * np.log10(np.sum(got["torch"].astype(np.float64) ** 2) / max(np.sum(err**2), 1e-300))

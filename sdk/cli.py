@@ -18,7 +18,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth_parser(sub)
     add_demo_parser(sub)
     add_chat_parser(sub)
+    bench = sub.add_parser("bench", prefix_chars="+", add_help=False,  # every argument goes to the suite
+                           help="benchmark suite (benchmarks/suite.py of a source checkout; `bench --help`)")
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_run_bench)
     return parser
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    """Run benchmarks/suite.py in a child process (it imports torch; this package never does)."""
+    import subprocess
+    from pathlib import Path
+
+    from pocketomni.errors import FeatureUnavailableError
+
+    suite = Path(__file__).resolve().parent.parent / "benchmarks" / "suite.py"
+    if not suite.is_file():
+        raise FeatureUnavailableError(f"`pocketomni bench` runs {suite}, which only a source checkout has")
+    return subprocess.call([sys.executable, str(suite), *args.args])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,9 @@
 """Media parts -> embedding rows for the thinker: images through mtmd, audio through our exact encoder.
 
 Images are resized by the reference's rule in Python first (sdk/media), so mtmd, whose token limits
-are widened to the reference's (4 .. 16384 tokens), encodes them at exactly that size. Audio goes
+are widened to the reference's (4 .. 16384 tokens), encodes them at exactly that size. Video frames
+(sampled at 2 fps, sized by the reference's budget) go through mtmd's vision tower in temporal pairs;
+a video's sound track through the same exact audio encoder as audio clips. Audio goes
 through `AudioEncoder` (the reference's 2 s windows) built from the mmproj's own tensors; only when
 the mmproj lacks them does it fall back to stock mtmd's audio path (30 s windows, more tokens, not the
 reference's numbers), which `exact_audio` reports.
@@ -28,8 +30,9 @@ from .conversation import Part
 from .errors import FeatureUnavailableError, ModelFileError, PocketOmniError
 from .media.audio import PreparedAudio, prepare_audio
 from .media.image import ImageConfig, PreparedImage, prepare_image
+from .media.video import PreparedVideo, VideoConfig, prepare_video
 from .model_folder import ModelFolder
-from .positions import KIND_AUDIO, KIND_IMAGE, AudioSegment, ImageSegment
+from .positions import KIND_AUDIO, KIND_IMAGE, KIND_VIDEO, AudioSegment, ImageSegment, VideoSegment
 
 __all__ = ["MediaEncoders", "PreparedMedia", "audio_gguf_name", "load_audio_encoder"]
 
@@ -43,15 +46,20 @@ class PreparedMedia:
     """A decoded, resized media item with its prompt segment, not yet encoded."""
 
     part: Part
-    kind: int  # KIND_IMAGE or KIND_AUDIO
-    segment: ImageSegment | AudioSegment
+    kind: int  # KIND_IMAGE, KIND_AUDIO or KIND_VIDEO
+    segment: ImageSegment | AudioSegment | VideoSegment
     image: PreparedImage | None = None
-    audio: PreparedAudio | None = None
+    audio: PreparedAudio | None = None  # an audio clip, or a video's sound track when it is used
+    video: PreparedVideo | None = None
 
     @property
     def n_tokens(self) -> int:
+        """Embedding rows of the item (a video: frames plus its sound track)."""
         if self.image is not None:
             return self.image.n_tokens
+        if isinstance(self.segment, VideoSegment):
+            assert self.video is not None
+            return self.video.n_video_tokens + (self.segment.audio_tokens or 0)
         assert isinstance(self.segment, AudioSegment)
         return self.segment.n_tokens
 
@@ -122,16 +130,16 @@ class MediaEncoders:
     """Prepares and encodes the media of a turn for one thinker model."""
 
     def __init__(self, model: LlamaModel, folder: ModelFolder, *, n_threads: int | None = None,
-                 image_config: ImageConfig | None = None, exact_audio: bool = True) -> None:
+                 image_config: ImageConfig | None = None, exact_audio: bool = True,
+                 video_config: VideoConfig | None = None) -> None:
         self.model = model
         self.folder = folder
         self.image_config = cfg = image_config or ImageConfig()
-        self.mtmd: MtmdContext | None = None
-        if folder.mmproj is not None:
-            unit = cfg.factor * cfg.factor  # pixels per merged token
-            self.mtmd = MtmdContext(folder.mmproj, model, n_threads=n_threads,
-                                    image_min_tokens=max(1, cfg.min_pixels // unit),
-                                    image_max_tokens=max(1, -(-cfg.max_pixels // unit)))
+        self.video_config = video_config or VideoConfig(image=cfg)
+        self.mtmd: MtmdContext | None = None  # loaded by the first image (or stock-audio) encode: ~2.6 GB at 3B
+        unit = cfg.factor * cfg.factor  # pixels per merged token
+        self._mtmd_kw = {"n_threads": n_threads, "image_min_tokens": max(1, cfg.min_pixels // unit),
+                         "image_max_tokens": max(1, -(-cfg.max_pixels // unit))}
         self.exact_audio = bool(exact_audio and folder.audio_in and audio_encoder_available(folder.mmproj))  # type: ignore[arg-type]
         if folder.audio_in and not self.exact_audio:
             log.warning("%s: audio goes through stock mtmd (30 s windows), not the reference's 2 s windows",
@@ -141,9 +149,10 @@ class MediaEncoders:
 
     def close(self) -> None:
         """Free the projector (idempotent)."""
-        if self.mtmd is not None:
-            self.mtmd.close()
-        self._audio = None
+        with self._audio_lock:
+            if self.mtmd is not None:
+                self.mtmd.close()
+            self._audio = None
 
     # ------------------------------------------------------------------ prepare (cheap, before any decode)
 
@@ -158,14 +167,19 @@ class MediaEncoders:
             aud = prepare_audio(part.source)
             n = aud.n_tokens if self.exact_audio else self._mtmd().count_audio_tokens(aud.samples.shape[0])
             return PreparedMedia(part, KIND_AUDIO, AudioSegment(n), audio=aud)
+        if part.kind == "video":
+            return self._prepare_video(part)
         raise FeatureUnavailableError(f"{part.kind} input is not supported by this version of the chat API")
 
     # ------------------------------------------------------------------ encode
 
     def _mtmd(self) -> MtmdContext:
-        if self.mtmd is None:
+        if self.folder.mmproj is None:
             raise FeatureUnavailableError("this model has no multimodal projector (mmproj)")
-        return self.mtmd
+        with self._audio_lock:
+            if self.mtmd is None:
+                self.mtmd = MtmdContext(self.folder.mmproj, self.model, **self._mtmd_kw)  # type: ignore[arg-type]
+            return self.mtmd
 
     def _audio_encoder(self) -> AudioEncoder:
         with self._audio_lock:
@@ -174,19 +188,61 @@ class MediaEncoders:
                 self._audio = load_audio_encoder(self.folder.mmproj)
             return self._audio
 
+    def _prepare_video(self, part: Part) -> PreparedMedia:
+        self.folder.require("vision")
+        use_audio = bool(getattr(part, "use_audio", True))
+        vid = prepare_video(part.source, use_audio=use_audio, config=self.video_config)
+        if vid.audio is not None:
+            try:
+                self.folder.require("audio_in")
+            except FeatureUnavailableError as e:
+                raise FeatureUnavailableError(f"{e} Or send the video with use_audio_in_video=False.") from e
+            if not self.exact_audio:
+                raise FeatureUnavailableError(
+                    "a video's sound track needs the exact audio encoder (its 2 s windows set the interleaving), "
+                    f"and {self.folder.mmproj} lacks its tensors. Re-convert the model with `pocketomni convert`, "
+                    "or send the video with use_audio_in_video=False")
+        seg = vid.segment(use_audio)
+        return PreparedMedia(part, KIND_VIDEO, seg, audio=vid.audio if seg.audio_tokens else None, video=vid)
+
     def encode(self, item: PreparedMedia) -> np.ndarray:
-        """Embedding rows (n_tokens, n_embd) of one prepared item."""
-        if item.image is not None:
-            rows = self._encode_image(item.image)
+        """Embedding rows (n_tokens, n_embd) of one prepared image or audio item (videos: encode_parts)."""
+        if item.video is not None:
+            raise ValueError("a video has frame rows and sound rows; use encode_parts")
+        return self.encode_parts(item)[item.kind]
+
+    def encode_parts(self, item: PreparedMedia) -> dict[int, np.ndarray]:
+        """Rows of one prepared item by kind: {KIND_IMAGE: ...}, {KIND_AUDIO: ...} or, for a video,
+        {KIND_VIDEO: frame rows in temporal order, KIND_AUDIO: its sound track's rows (if used)}."""
+        if item.video is not None:
+            out = {KIND_VIDEO: self._encode_video(item.video)}
+            if item.audio is not None:
+                out[KIND_AUDIO] = self._encode_audio(item.audio.samples)
+            n = sum(v.shape[0] for v in out.values())
+        elif item.image is not None:
+            out = {KIND_IMAGE: self._encode_image(item.image)}
+            n = out[KIND_IMAGE].shape[0]
         else:
             assert item.audio is not None
-            rows = self._encode_audio(item.audio.samples)
-        if rows.shape[0] != item.n_tokens:
+            out = {KIND_AUDIO: self._encode_audio(item.audio.samples)}
+            n = out[KIND_AUDIO].shape[0]
+        if n != item.n_tokens:
             raise PocketOmniError(
-                f"the {item.part.label or 'media'} encoded to {rows.shape[0]} rows, expected {item.n_tokens}; "
+                f"the {item.part.label or 'media'} encoded to {n} rows, expected {item.n_tokens}; "
                 "this model's projector does not match the thinker"
             )
-        return rows
+        return out
+
+    def _encode_video(self, vid: PreparedVideo) -> np.ndarray:
+        emb = self._mtmd().encode_video_frames(vid.frames)
+        _, gh, gw = vid.grid_thw
+        m = self.image_config.merge_size
+        if emb.grid != (gw // m, gh // m):
+            raise PocketOmniError(
+                f"mtmd resampled {vid.frames.shape[2]}x{vid.frames.shape[1]} video frames to a {emb.grid} token grid "
+                f"instead of {(gw // m, gh // m)}; its pixel limits differ from the reference's"
+            )
+        return emb.embd
 
     def _encode_image(self, img: PreparedImage) -> np.ndarray:
         emb = self._mtmd().encode_image(img.pixels)
@@ -207,11 +263,12 @@ class MediaEncoders:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def encode_all(self, items: list[PreparedMedia], should_stop: Callable[[], bool] | None = None) -> dict[int, np.ndarray]:
-        """Rows of every item, concatenated per kind in order (KIND_IMAGE / KIND_AUDIO -> rows)."""
+        """Rows of every item, concatenated per kind in prompt order (KIND_* -> rows). A video's sound
+        rows join KIND_AUDIO in its place, which is the order the prompt layout uses them."""
         by_kind: dict[int, list[np.ndarray]] = {}
         for item in items:
             if should_stop is not None and should_stop():
                 break
-            by_kind.setdefault(item.kind, []).append(self.encode(item))
+            for kind, rows in self.encode_parts(item).items():
+                by_kind.setdefault(kind, []).append(rows)
         return {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in by_kind.items()}
-

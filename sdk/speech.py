@@ -269,6 +269,7 @@ class SpeechReply:
         if final:
             out.append(self._stream.finish())
             self._flushed = True
+            self._stream = None  # free the renderer's buffers now, not when the chat drops this reply
         self.render_seconds += time.perf_counter() - t
         out = [np.ascontiguousarray(a, np.float32) for a in out if a.size]
         if out and not self.t_first_audio:

@@ -4,7 +4,7 @@ The token2wav GGUF (written by `pocketomni convert`) holds float32 weights under
 from the Hugging Face ones (`token2wav.code2wav_dit_model.` -> `dit.`, its speaker encoder
 `...input_embed.spk_encoder.` -> `ecapa.`, `token2wav.code2wav_bigvgan_model.` -> `bigvgan.`), the
 speaker table, the talker's input projection and the ids the talker feed needs. Only `gguf` and numpy
-are used; the file is memory-mapped and each tensor copied out once.
+are used; the file is memory-mapped and float32 tensors are used in place (`load_token2wav`).
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def _reader(path: str | os.PathLike[str]) -> Any:
         raise ModelFileError(f"{p} is not a readable GGUF file ({e}). Re-convert or re-download it.") from e
 
 
-def _tensors(reader: Any) -> dict[str, np.ndarray]:
+def _tensors(reader: Any, copy: bool = True) -> dict[str, np.ndarray]:
+    """float32 tensors; `copy=False` returns float32 ones as read-only views of the file's memory map."""
     from gguf import GGMLQuantizationType as QT
     from gguf.quants import dequantize
 
@@ -88,7 +89,7 @@ def _tensors(reader: Any) -> dict[str, np.ndarray]:
     for t in reader.tensors:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         if t.tensor_type == QT.F32:
-            arr = np.array(t.data, dtype=np.float32)
+            arr = np.array(t.data, dtype=np.float32) if copy else np.asarray(t.data, dtype=np.float32)
         elif t.tensor_type == QT.F16:
             arr = np.asarray(t.data).astype(np.float32)
         else:
@@ -162,7 +163,10 @@ class Token2WavWeights:
 
 
 def load_token2wav(path: str | os.PathLike[str]) -> Token2WavWeights:
-    """Read a token2wav GGUF written by `pocketomni convert`."""
+    """Read a token2wav GGUF written by `pocketomni convert`.
+
+    float32 tensors are read-only views of the file's memory map, not copies: their pages are clean
+    file pages (shared, reclaimable), and loading never holds the weights twice."""
     reader = _reader(path)
     meta = _metadata(reader)
     if meta.get("general.architecture") != TOKEN2WAV_ARCH:
@@ -176,7 +180,7 @@ def load_token2wav(path: str | os.PathLike[str]) -> Token2WavWeights:
         for k in (KEY_T2W_CONFIG, KEY_TALKER_CONFIG, KEY_SPEAKERS, KEY_SPEAKER_BOS, *ID_KEYS.values())
         if k not in meta
     ]
-    tensors = _tensors(reader)
+    tensors = _tensors(reader, copy=False)
     missing += [n for n in (PROJ_WEIGHT, PROJ_BIAS) if n not in tensors]
     if missing:
         raise ModelFileError(

@@ -36,9 +36,9 @@ class _Layer:
         p = f"transformer_blocks.{idx}."
         self.mod_w = take(w, p + "attn_norm.linear.weight", (6 * h, h))
         self.mod_b = take(w, p + "attn_norm.linear.bias", (6 * h,))
-        names = ("to_q", "to_k", "to_v")
-        self.qkv_w = np.concatenate([take(w, f"{p}attn.{n}.weight", (inner, h)) for n in names])
-        self.qkv_b = np.concatenate([take(w, f"{p}attn.{n}.bias", (inner,)) for n in names])
+        # q, k, v stay separate (views of the weight file; a concatenated copy would hold them twice).
+        self.qkv = [(take(w, f"{p}attn.{n}.weight", (inner, h)), take(w, f"{p}attn.{n}.bias", (inner,)))
+                    for n in ("to_q", "to_k", "to_v")]
         self.out_w = take(w, p + "attn.to_out.0.weight", (h, inner))
         self.out_b = take(w, p + "attn.to_out.0.bias", (h,))
         ff = cfg.hidden_size * cfg.ff_mult
@@ -73,8 +73,6 @@ class DiT:
         self.proj_b = take(w, "input_embed.proj.bias", (h,))
         self.ecapa = Ecapa(sub(w, "input_embed.spk_encoder."), cfg)
         self.layers = [_Layer(w, cfg, i) for i in range(cfg.num_hidden_layers)]
-        self.mod_w = np.stack([layer.mod_w for layer in self.layers])  # (L, 6h, h)
-        self.mod_b = np.stack([layer.mod_b for layer in self.layers])
         self.norm_out_w = take(w, "norm_out.linear.weight", (2 * h, h))
         self.norm_out_b = take(w, "norm_out.linear.bias", (2 * h,))
         self.proj_out_w = take(w, "proj_out.weight", (cfg.mel_dim, h))
@@ -120,7 +118,7 @@ class DiT:
         emb = np.concatenate([np.sin(arg), np.cos(arg)])
         temb = linear(silu(linear(emb, self.t1_w, self.t1_b)), self.t2_w, self.t2_b)
         st = silu(temb)
-        mods = (np.einsum("lod,d->lo", self.mod_w, st) + self.mod_b).reshape(len(self.layers), 6, -1)
+        mods = np.stack([layer.mod_w @ st + layer.mod_b for layer in self.layers]).reshape(len(self.layers), 6, -1)
         final = linear(st, self.norm_out_w, self.norm_out_b).reshape(2, -1)
         if len(self._time_cache) > 256:
             self._time_cache.clear()
@@ -185,7 +183,8 @@ class DiT:
         nb, n, hid = h.shape
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
         norm = layer_norm(h) * (F32(1) + scale_msa) + shift_msa
-        qkv = linear(norm.reshape(nb * n, hid), L.qkv_w, L.qkv_b)
+        rows = norm.reshape(nb * n, hid)
+        qkv = np.concatenate([linear(rows, w, b) for w, b in L.qkv], axis=1)
         qkv = qkv.reshape(nb, n, 3, self.cfg.num_attention_heads, self.cfg.head_dim)
         a = self._attention(qkv, L, a0, a1, cos, sin)
         h = h[:, a0:a1] + gate_msa * linear(a, L.out_w, L.out_b).reshape(nb, a1 - a0, hid)

@@ -80,10 +80,11 @@ class Conv1d:
         self.dilation = dilation
         self.span = (self.k - 1) * dilation + 1
         self.bias = None if bias is None else bias.astype(F32).reshape(-1, 1)
-        # Few input channels: one product per tap is faster; many: one product over stacked taps.
+        # Few input channels: one product per tap is faster; many: one product over stacked taps, with
+        # columns ordered (channel, tap) so the stored (out, in, k) weight serves as is (no copy).
         self.im2col = self.c_in >= 128 and self.k > 1
         if self.im2col:
-            self.w = np.ascontiguousarray(weight.transpose(0, 2, 1).reshape(self.c_out, self.k * self.c_in))
+            self.w = np.ascontiguousarray(weight, dtype=F32).reshape(self.c_out, self.c_in * self.k)
         else:
             self.w = np.ascontiguousarray(weight.transpose(2, 0, 1))  # (k, out, in)
 
@@ -93,10 +94,10 @@ class Conv1d:
             return np.zeros((self.c_out, 0), F32)
         d = self.dilation
         if self.im2col:
-            cols = np.empty((self.k, self.c_in, n), F32)
+            cols = np.empty((self.c_in, self.k, n), F32)
             for t in range(self.k):
-                cols[t] = x[:, t * d : t * d + n]
-            y = self.w @ cols.reshape(self.k * self.c_in, n)
+                cols[:, t] = x[:, t * d : t * d + n]
+            y = self.w @ cols.reshape(self.c_in * self.k, n)
         else:
             y = self.w[0] @ x[:, :n]
             if self.k > 1:

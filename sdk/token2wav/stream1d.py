@@ -74,7 +74,7 @@ class Windowed(Node):
             parts.append(self.buf)
         if x.shape[1]:
             parts.append(x)
-            self.last = x[:, -1:]
+            self.last = x[:, -1:].copy()  # a copy: a view would keep the whole pushed chunk alive
         if final:
             parts.append(self._pad(self.right, self.last))
             self.done = True
@@ -126,7 +126,7 @@ class Residual(Node):
         y = self.inner.push(x, final)
         m = y.shape[1]
         out = self.fifo[:, :m] + y
-        self.fifo = self.fifo[:, m:]
+        self.fifo = self.fifo[:, m:].copy() if m else self.fifo  # copy: do not pin the consumed part
         return out
 
 
@@ -152,5 +152,5 @@ class Mean(Node):
         total = outs[0][:, :m]
         for o in outs[1:]:
             total = total + o[:, :m]
-        self.pending = [o[:, m:] for o in outs]
+        self.pending = [o[:, m:].copy() if m else o for o in outs]
         return total / F32(len(self.branches))
