@@ -19,7 +19,7 @@ from pocketomni.conversation import (
     split_rendered,
     user_message,
 )
-from pocketomni.errors import FeatureUnavailableError, MediaError, ModelFileError, OptionsError
+from pocketomni.errors import MediaError, ModelFileError, OptionsError
 
 
 def _asst(text: str) -> Message:
@@ -64,8 +64,8 @@ def test_parse_openai_messages() -> None:
             parse_messages(bad)  # type: ignore[arg-type]
     with pytest.raises(MediaError):
         parse_messages([{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "%%%"}}]}])
-    with pytest.raises(FeatureUnavailableError):
-        parse_messages([{"role": "user", "content": [{"type": "video", "video": "v.mp4"}]}])
+    (msg,) = parse_messages([{"role": "user", "content": [{"type": "video", "video": "v.mp4"}]}])
+    assert [p.kind for p in msg.parts] == ["video"]  # video parts are accepted (decoded when sent)
 
 
 def test_delta_rendering_continues_the_full_rendering() -> None:
