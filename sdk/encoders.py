@@ -235,25 +235,23 @@ class MediaEncoders:
 
     def _encode_video(self, vid: PreparedVideo) -> np.ndarray:
         emb = self._mtmd().encode_video_frames(vid.frames)
-        _, gh, gw = vid.grid_thw
-        m = self.image_config.merge_size
-        if emb.grid != (gw // m, gh // m):
-            raise PocketOmniError(
-                f"mtmd resampled {vid.frames.shape[2]}x{vid.frames.shape[1]} video frames to a {emb.grid} token grid "
-                f"instead of {(gw // m, gh // m)}; its pixel limits differ from the reference's"
-            )
+        self._check_grid(emb.grid, vid.grid_thw, f"{vid.frames.shape[2]}x{vid.frames.shape[1]} video frames")
         return emb.embd
 
     def _encode_image(self, img: PreparedImage) -> np.ndarray:
         emb = self._mtmd().encode_image(img.pixels)
-        _, gh, gw = img.grid_thw
-        m = self.image_config.merge_size
-        if emb.grid != (gw // m, gh // m):
-            raise PocketOmniError(
-                f"mtmd resampled a {img.pixels.shape[1]}x{img.pixels.shape[0]} image to a {emb.grid} token grid "
-                f"instead of {(gw // m, gh // m)}; its pixel limits differ from the reference's"
-            )
+        self._check_grid(emb.grid, img.grid_thw, f"a {img.pixels.shape[1]}x{img.pixels.shape[0]} image")
         return emb.embd
+
+    def _check_grid(self, grid: tuple[int, int] | None, grid_thw: tuple[int, int, int], what: str) -> None:
+        """mtmd must encode at exactly the reference's size (we resized first); say so if it did not."""
+        _, gh, gw = grid_thw
+        m = self.image_config.merge_size
+        if grid != (gw // m, gh // m):
+            raise PocketOmniError(
+                f"mtmd resampled {what} to a {grid} token grid instead of {(gw // m, gh // m)}; "
+                "its pixel limits differ from the reference's"
+            )
 
     def _encode_audio(self, samples: np.ndarray) -> np.ndarray:
         if not self.exact_audio:

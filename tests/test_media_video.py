@@ -16,6 +16,7 @@ from pocketomni.media.video import (
     smart_nframes,
 )
 from pocketomni.positions import KIND_AUDIO, KIND_VIDEO, TextSegment, build_prompt
+from video_files import write_clip
 
 
 @pytest.mark.parametrize(
@@ -149,28 +150,10 @@ def test_file_needs_pyav(monkeypatch, tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("av") is None, reason="PyAV (the 'video' extra) is not installed")
 def test_file_with_sound_track(tmp_path):
-    import av
-
-    path = tmp_path / "clip.mp4"
-    fps, seconds, rate = 10, 3, 44100
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("mpeg4", rate=fps)
-        vs.width, vs.height, vs.pix_fmt = 160, 120, "yuv420p"
-        aus = out.add_stream("aac", rate=rate)
-        for i in range(fps * seconds):
-            img = np.full((120, 160, 3), (i * 8) % 256, np.uint8)
-            for pkt in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(pkt)
-        t = np.arange(rate * seconds) / rate
-        tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
-        for k in range(0, tone.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k:k + 1024]), format="fltp", layout="mono")
-            frame.sample_rate = rate
-            for pkt in aus.encode(frame):
-                out.mux(pkt)
-        for s in (vs, aus):
-            for pkt in s.encode(None):
-                out.mux(pkt)
+    rate = 44100
+    t = np.arange(rate * 3) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    path = write_clip(tmp_path / "clip.mp4", fps=10, seconds=3, size=(160, 120), step=8, tone=tone, rate=rate)
     v = prepare_video(path)
     assert v.frames.shape[0] == smart_nframes(30, 10) == 6
     assert v.grid_thw == (3, 20, 28)

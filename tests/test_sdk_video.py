@@ -7,6 +7,7 @@ import importlib.util
 
 import numpy as np
 import pytest
+from video_files import write_clip
 
 pytest.importorskip("llama_cpp")
 
@@ -70,27 +71,7 @@ def test_silent_frames_and_openai_messages(omni):
 
 @pytest.mark.skipif(importlib.util.find_spec("av") is None, reason="PyAV (the 'video' extra) is not installed")
 def test_video_file(omni, tmp_path):
-    import av
-
-    path = tmp_path / "clip.mp4"
-    fps, seconds, rate = 10, 4, 16000
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("mpeg4", rate=fps)
-        vs.width, vs.height, vs.pix_fmt = 160, 112, "yuv420p"
-        aus = out.add_stream("aac", rate=rate)
-        for i in range(fps * seconds):
-            img = np.full((112, 160, 3), (i * 6) % 256, np.uint8)
-            for pkt in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(pkt)
-        tone = sound(seconds)[None]
-        for k in range(0, tone.shape[1], 1024):
-            fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k:k + 1024]), format="fltp", layout="mono")
-            fr.sample_rate = rate
-            for pkt in aus.encode(fr):
-                out.mux(pkt)
-        for st in (vs, aus):
-            for pkt in st.encode(None):
-                out.mux(pkt)
+    path = write_clip(tmp_path / "clip.mp4", fps=10, seconds=4, size=(160, 112), step=6, tone=sound(4), rate=RATE)
     chat = omni.chat(max_tokens=2)
     _done(chat.send_sync("What is this?", video=str(path)))
     v = prepare_video(path)
