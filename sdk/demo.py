@@ -66,7 +66,8 @@ def _current(folder: Path, key: str) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created if needed) across processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -83,7 +84,7 @@ def ensure_demo_model(rebuild: bool = False, progress: bool = True, log: TextIO 
     folder, key = root / DEMO_FOLDER, demo_key()
     if not rebuild and _current(folder, key):
         return folder
-    with _locked(root / f".{DEMO_FOLDER}.lock"):
+    with exclusive_lock(root / f".{DEMO_FOLDER}.lock"):
         if not rebuild and _current(folder, key):
             return folder
         from pocketomni.convert.synth import synth_model
@@ -134,7 +135,7 @@ def _stats(done: Any) -> str:
     return "  [" + ", ".join(parts) + "]"
 
 
-async def run_demo(out: Path, speak: bool = False, rebuild: bool = False, threads: int | None = None,
+async def run_demo(out: Path, speak: bool = True, rebuild: bool = False, threads: int | None = None,
                    stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Build or reuse the demo model and run the scripted chat; returns a process exit code."""
     import pocketomni as po
@@ -198,7 +199,8 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="pocketomni-demo", metavar="DIR",
                    help="folder for the generated inputs and the spoken reply (default ./pocketomni-demo)")
-    p.add_argument("--speak", action="store_true", help="also speak the replies (WAV files in --out)")
+    p.add_argument("--speak", action=argparse.BooleanOptionalAction, default=True,
+                   help="speak the replies too, as WAV files in --out (default on; --no-speak: text only)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the demo model")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     p.set_defaults(func=_run)

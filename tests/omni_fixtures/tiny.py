@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -24,10 +22,12 @@ if __package__ in (None, ""):  # run as a script: make `omni_fixtures` importabl
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "omni_fixtures"
 
-from omni_fixtures import cache_root  # noqa: E402
-from omni_fixtures.config import VARIANT_SPECS, VARIANTS, Variant, hub_config  # noqa: E402
-from omni_fixtures.processor import write_processor_files  # noqa: E402
-from omni_fixtures.tokenizer import write_tokenizer  # noqa: E402
+from pocketomni.demo import exclusive_lock
+
+from omni_fixtures import cache_root
+from omni_fixtures.config import VARIANT_SPECS, VARIANTS, Variant, hub_config
+from omni_fixtures.processor import write_processor_files
+from omni_fixtures.tokenizer import write_tokenizer
 
 __all__ = ["VARIANTS", "build_checkpoint", "fixture_key", "write_checkpoint"]
 
@@ -46,7 +46,7 @@ def fixture_key() -> str:
     from omni_fixtures.tokenizer import tiktoken_path
 
     h = hashlib.sha256()
-    import pocketomni.convert.qwen_vocab as qwen_vocab  # builds the fixture's vocab.json / merges.txt
+    from pocketomni.convert import qwen_vocab  # builds the fixture's vocab.json / merges.txt
 
     for p in [*sorted(Path(__file__).resolve().parent.glob("*.py")), Path(qwen_vocab.__file__)]:
         h.update(p.name.encode() + p.read_bytes())
@@ -177,17 +177,6 @@ def write_checkpoint(variant: str, out: Path) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def build_checkpoint(variant: str, root: Path | None = None) -> Path:
     """Path of the tiny checkpoint `variant`, built on first use under `root` (default: the test cache).
 
@@ -200,7 +189,7 @@ def build_checkpoint(variant: str, root: Path | None = None) -> Path:
     final = base / variant
     if (final / "model.safetensors.index.json").exists():
         return final
-    with _locked(base / f".{variant}.lock"):
+    with exclusive_lock(base / f".{variant}.lock"):
         if (final / "model.safetensors.index.json").exists():
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{variant}-", dir=base))
