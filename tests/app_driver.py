@@ -141,34 +141,82 @@ def _schedstat() -> tuple[float, float]:
         return 0.0, 0.0
 
 
+class StackSampler:
+    """Diagnostics (POCKETOMNI_PROBE_STACKS=1): samples the UI thread's Python stack every 2 ms so
+    that a slow frame can be attributed to the code that ran in it."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        threading.Thread(target=self._run, daemon=True, name="stack-sampler").start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.002)
+            f = sys._current_frames().get(MAIN)
+            stack = []
+            while f is not None and len(stack) < 14:
+                stack.append(f"{Path(f.f_code.co_filename).name}:{f.f_code.co_name}:{f.f_lineno}")
+                f = f.f_back
+            self.samples.append((time.perf_counter(), tuple(stack)))
+
+    def between(self, t0: float, t1: float) -> list[tuple[str, int]]:
+        from collections import Counter
+
+        c = Counter(" < ".join(st[:8]) for t, st in self.samples if t0 <= t <= t1)
+        return c.most_common(6)
+
+
 class FrameProbe:
     """Gaps between consecutive frames (Clock callbacks), kept per phase. For the worst gap of each
     phase it also keeps how the UI thread spent it: running, waiting for a CPU (the machine is busy),
-    or neither (blocked: the GIL, a lock, I/O)."""
+    or neither (blocked: the GIL, a lock, I/O), and how much of it was the buffer swap, where Mesa's
+    software rasterizer (llvmpipe: no GPU here) draws the whole frame."""
 
     def __init__(self) -> None:
         self.phase = "startup"
         self.gaps: dict[str, list[float]] = {}
+        self.flips: dict[str, list[float]] = {}  # per frame: seconds in Window.flip (0: nothing redrawn)
         self.worst: dict[str, dict[str, float]] = {}
         self.driver_time = 0.0  # time the driver itself spent on the UI thread (screenshots, touches)
+        self.flip_time = 0.0
+        swap = Window.flip
+
+        def timed_flip() -> None:
+            t0 = time.perf_counter()
+            swap()
+            self.flip_time += time.perf_counter() - t0
+
+        Window.flip = timed_flip
         self._last = time.perf_counter()
         self._last_sched = _schedstat()
+        self.sampler = StackSampler() if os.environ.get("POCKETOMNI_PROBE_STACKS") else None
+        self.slow: list[dict[str, Any]] = []
         Clock.schedule_interval(self._tick, 0)
 
     def _tick(self, _dt: float) -> None:
         now, sched = time.perf_counter(), _schedstat()
         gap = now - self._last - self.driver_time
         self.gaps.setdefault(self.phase, []).append(gap)
+        self.flips.setdefault(self.phase, []).append(self.flip_time)
         if gap > self.worst.get(self.phase, {}).get("gap_ms", 0.0) / 1000:
             run, wait = sched[0] - self._last_sched[0], sched[1] - self._last_sched[1]
             self.worst[self.phase] = {"gap_ms": 1000 * gap, "running_ms": 1000 * run, "cpu_wait_ms": 1000 * wait,
-                                      "blocked_ms": 1000 * max(0.0, gap - run - wait)}
-        self._last, self._last_sched, self.driver_time = now, sched, 0.0
+                                      "blocked_ms": 1000 * max(0.0, gap - run - wait), "swap_ms": 1000 * self.flip_time}
+        if self.sampler is not None and gap > 0.06:
+            self.slow.append({"phase": self.phase, "gap_ms": 1000 * gap, "stacks": self.sampler.between(self._last, now)})
+        self._last, self._last_sched, self.driver_time, self.flip_time = now, sched, 0.0, 0.0
 
     def summary(self) -> dict[str, Any]:
-        return {p: {"frames": len(g), "max_ms": 1000 * max(g), "p99_ms": 1000 * float(np.percentile(g, 99)),
-                    "median_ms": 1000 * float(np.median(g)), "worst": self.worst.get(p, {})}
-                for p, g in self.gaps.items() if g}
+        out = {}
+        for p, g in self.gaps.items():
+            flips = np.array(self.flips[p])
+            app = np.array(g) - flips  # the frame without the software rasterizer's swap
+            out[p] = {"frames": len(g), "max_ms": 1000 * max(g), "p99_ms": 1000 * float(np.percentile(g, 99)),
+                      "median_ms": 1000 * float(np.median(g)), "worst": self.worst.get(p, {}),
+                      "redrawn_frames": int(np.count_nonzero(flips)), "swap_max_ms": 1000 * float(flips.max()),
+                      "swap_median_ms": 1000 * float(np.median(flips[flips > 0])) if flips.any() else 0.0,
+                      "without_swap_max_ms": 1000 * float(app.max())}
+        return out
 
 
 def tap(widget: Any) -> None:
@@ -324,6 +372,7 @@ class Driver:
             r["errors"].append(f"history: {e!r}")
         r["threads"] = THREADS
         r["frames"] = self.probe.summary()
+        r["slow_frames"] = self.probe.slow
         r["status"] = self.app.status
         r["capabilities"] = str(self.app.engine.capabilities)
         r["events"] = [{"t": t, "kind": type(e).__name__, **_fields(e)} for t, e in self.events]

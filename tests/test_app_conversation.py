@@ -58,8 +58,10 @@ def report_frames(r: dict) -> str:
         if p in r["frames"]:
             f, w = r["frames"][p], r["frames"][p]["worst"]
             out.append(f"{p}: worst {f['max_ms']:.0f} ms (running {w.get('running_ms', 0):.0f}, waiting for a CPU "
-                       f"{w.get('cpu_wait_ms', 0):.0f}, blocked {w.get('blocked_ms', 0):.0f}), p99 {f['p99_ms']:.0f}, "
-                       f"median {f['median_ms']:.0f} ms over {f['frames']} frames")
+                       f"{w.get('cpu_wait_ms', 0):.0f}, blocked {w.get('blocked_ms', 0):.0f}; buffer swap "
+                       f"{w.get('swap_ms', 0):.0f}), p99 {f['p99_ms']:.0f}, median {f['median_ms']:.0f} ms over "
+                       f"{f['frames']} frames ({f['redrawn_frames']} redrawn, swap median {f['swap_median_ms']:.0f} "
+                       f"ms); worst without the swap {f['without_swap_max_ms']:.0f} ms")
     return "; ".join(out)
 
 
