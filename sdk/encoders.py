@@ -131,14 +131,14 @@ class MediaEncoders:
 
     def __init__(self, model: LlamaModel, folder: ModelFolder, *, n_threads: int | None = None,
                  image_config: ImageConfig | None = None, exact_audio: bool = True,
-                 video_config: VideoConfig | None = None) -> None:
+                 video_config: VideoConfig | None = None, use_gpu: bool = False) -> None:
         self.model = model
         self.folder = folder
         self.image_config = cfg = image_config or ImageConfig()
         self.video_config = video_config or VideoConfig(image=cfg)
         self.mtmd: MtmdContext | None = None  # loaded by the first image (or stock-audio) encode: ~2.6 GB at 3B
         unit = cfg.factor * cfg.factor  # pixels per merged token
-        self._mtmd_kw = {"n_threads": n_threads, "image_min_tokens": max(1, cfg.min_pixels // unit),
+        self._mtmd_kw = {"n_threads": n_threads, "use_gpu": use_gpu, "image_min_tokens": max(1, cfg.min_pixels // unit),
                          "image_max_tokens": max(1, -(-cfg.max_pixels // unit))}
         self.exact_audio = bool(exact_audio and folder.audio_in and audio_encoder_available(folder.mmproj))  # type: ignore[arg-type]
         if folder.audio_in and not self.exact_audio:

@@ -17,6 +17,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .backend.llama import gpu_available, gpu_layers
 from .encoders import MediaEncoders
 from .errors import FeatureUnavailableError, OptionsError, PocketOmniError
 from .media.image import ImageConfig
@@ -50,6 +51,7 @@ class Omni:
         kv_f32: bool = False,
         image_max_pixels: int | None = None,
         exact_audio: bool = True,
+        use_gpu: bool | None = None,
     ) -> None:
         """Load the model files. Prefer `Omni.load` / `Omni.load_sync`; the arguments are the same.
 
@@ -59,6 +61,9 @@ class Omni:
         kv_f32: keep the KV cache in float32 (exact reference comparisons; the default f16 halves it).
         image_max_pixels: downscale images above this many pixels (default: the reference's 12845056).
         exact_audio: encode audio the reference's way (2 s windows); False uses stock mtmd's encoder.
+        use_gpu: run the thinker, talker and vision tower on the GPU when llama.cpp was built with one
+            (Metal on macOS); None (default) does so when a GPU is there, False keeps everything on
+            the CPU. Audio encoding and token2wav always run on the CPU (numpy).
         """
         for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 16:
@@ -70,16 +75,25 @@ class Omni:
             if not isinstance(image_max_pixels, int) or image_max_pixels < image_cfg.min_pixels:
                 raise OptionsError(f"image_max_pixels must be an integer >= {image_cfg.min_pixels}")
             image_cfg = ImageConfig(max_pixels=image_max_pixels)
+        if use_gpu is not None and not isinstance(use_gpu, bool):
+            raise OptionsError(f"use_gpu={use_gpu!r} must be True, False or None (use a GPU when there is one)")
+        if use_gpu and not gpu_available():
+            raise FeatureUnavailableError(
+                "use_gpu=True, but this llama-cpp-python was built without a GPU backend. On macOS reinstall it "
+                "with Metal: CMAKE_ARGS=\"-DGGML_METAL=on\" pip install --no-cache-dir --force-reinstall "
+                "llama-cpp-python; or pass use_gpu=None to use a GPU only when there is one."
+            )
+        n_gpu_layers = gpu_layers(use_gpu)
         self.folder = ModelFolder.open(path, mmproj)
         settings = ContextSettings(n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, kv_f32=kv_f32)
-        self._thinker = Thinker(self.folder.thinker, n_threads=n_threads, settings=settings)
+        self._thinker = Thinker(self.folder.thinker, n_threads=n_threads, settings=settings, n_gpu_layers=n_gpu_layers)
         try:
             self._media = MediaEncoders(self._thinker.model, self.folder, n_threads=n_threads,
-                                        image_config=image_cfg, exact_audio=exact_audio)
+                                        image_config=image_cfg, exact_audio=exact_audio, use_gpu=n_gpu_layers != 0)
         except BaseException:
             self._thinker.close()
             raise
-        self._n_threads, self._kv_f32 = n_threads, kv_f32
+        self._n_threads, self._kv_f32, self._n_gpu_layers = n_threads, kv_f32, n_gpu_layers
         self._speech: SpeechEngine | None = None  # talker + token2wav, loaded by the first speech chat
         self._speech_lock = threading.Lock()
         self._chats: weakref.WeakSet[Chat] = weakref.WeakSet()
@@ -155,7 +169,8 @@ class Omni:
             self._check_open()
             if self._speech is None:
                 self._speech = SpeechEngine(self.folder, self._thinker, n_ctx=self.n_ctx,
-                                            n_threads=self._n_threads, kv_f32=self._kv_f32)
+                                            n_threads=self._n_threads, kv_f32=self._kv_f32,
+                                            n_gpu_layers=self._n_gpu_layers)
             return self._speech
 
     def restore_chat(self, path: str | os.PathLike[str]) -> Chat:

@@ -116,7 +116,7 @@ class SpeechEngine:
     """The talker and token2wav of one model; one spoken reply at a time (`hold`)."""
 
     def __init__(self, folder: ModelFolder, thinker: Thinker, *, n_ctx: int, n_threads: int | None = None,
-                 kv_f32: bool = False) -> None:
+                 kv_f32: bool = False, n_gpu_layers: int = 0) -> None:
         from .talker import Talker
         from .weights import load_token2wav
 
@@ -127,7 +127,7 @@ class SpeechEngine:
         self.token2wav = Token2Wav.from_weights(weights.weights, weights.config)
         weights = dataclasses.replace(weights, weights={})  # the talker needs no vocoder tensors: free them
         self.talker: Talker = Talker(folder.talker, weights, n_threads, thinker_embed=thinker.model.embed_tokens,  # type: ignore[arg-type]
-                                     n_ctx=n_ctx + TALKER_EXTRA_CTX, kv_f32=kv_f32)
+                                     n_ctx=n_ctx + TALKER_EXTRA_CTX, kv_f32=kv_f32, n_gpu_layers=n_gpu_layers)
         self._lock = threading.Lock()
         self._owner: int | None = None
         self._spk_lock = threading.Lock()

@@ -67,6 +67,7 @@ class Talker:
         n_ctx: int = 4096,
         kv_f32: bool = False,
         options: SpeechOptions | None = None,
+        n_gpu_layers: int = 0,
     ) -> None:
         self.weights = (
             token2wav if isinstance(token2wav, Token2WavWeights) else load_token2wav(Path(token2wav))
@@ -74,7 +75,7 @@ class Talker:
         self.ids = self.weights.ids
         self.options = options or SpeechOptions()
         self._embed = thinker_embed
-        self.model = LlamaModel(model_path, n_threads=n_threads, expect_arch=TALKER_ARCHS)
+        self.model = LlamaModel(model_path, n_threads=n_threads, n_gpu_layers=n_gpu_layers, expect_arch=TALKER_ARCHS)
         try:
             w = np.ascontiguousarray(self.weights.proj_weight, dtype=np.float32)
             b = np.asarray(self.weights.proj_bias, dtype=np.float32).reshape(-1)

@@ -51,8 +51,9 @@ class ContextSettings:
 class Thinker:
     """The loaded thinker GGUF and what all chats on it share."""
 
-    def __init__(self, path: Path, *, n_threads: int | None = None, settings: ContextSettings | None = None) -> None:
-        self.model = LlamaModel(path, n_threads=n_threads)
+    def __init__(self, path: Path, *, n_threads: int | None = None, settings: ContextSettings | None = None,
+                 n_gpu_layers: int = 0) -> None:
+        self.model = LlamaModel(path, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
         try:
             if not self.model.uses_mrope:
                 raise ModelFileError(f"{path} is not a Qwen2.5-Omni thinker (no M-RoPE); convert the model again")

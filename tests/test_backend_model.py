@@ -270,3 +270,31 @@ def test_real_tokenizer_matches_hugging_face(tmp_path_factory: pytest.TempPathFa
             stream = m.text_stream(special=True)
             assert "".join(stream.push(t) for t in ids) + stream.flush() == text
         assert m.chat_template and "<|im_start|>" in m.chat_template
+
+
+def test_mapped_or_read_into_memory(tiny_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read into memory on the CPU when the file fits (no mapped pages beside llama.cpp's repacked
+    copy); mapped for GPU offload or when the file would take over half the available memory. Both
+    load modes give the same logits."""
+    import pocketomni.backend.llama as llama_mod
+
+    size = tiny_path.stat().st_size
+    monkeypatch.setattr(llama_mod, "available_memory", lambda: 4 * size)
+    assert not llama_mod.should_mmap(tiny_path, 0)
+    assert llama_mod.should_mmap(tiny_path, 99)
+    monkeypatch.setattr(llama_mod, "available_memory", lambda: size)
+    assert llama_mod.should_mmap(tiny_path, 0)
+    monkeypatch.setattr(llama_mod, "available_memory", lambda: None)
+    assert llama_mod.should_mmap(tiny_path, 0)
+    monkeypatch.undo()
+    assert llama_mod.available_memory() > 0
+
+    ids = [1, 5, 9, 14, 2]
+    logits = {}
+    for mapped in (True, False):
+        with LlamaModel(tiny_path, n_threads=1, use_mmap=mapped) as m, LlamaContext(m, n_ctx=32) as c:
+            assert m.use_mmap is mapped
+            logits[mapped] = c.decode_tokens(ids, logits="last").logits
+    np.testing.assert_array_equal(logits[True], logits[False])
+    with LlamaModel(tiny_path, n_threads=1) as m:
+        assert m.use_mmap is False  # a small file on the CPU is read

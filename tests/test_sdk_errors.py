@@ -118,6 +118,21 @@ def test_features_missing_from_the_folder(omni, converted_tiny, tmp_path) -> Non
         po.Omni.load_sync(tmp_path / "empty")
 
 
+def test_gpu_option(converted_tiny) -> None:
+    """use_gpu: None uses a GPU only when llama.cpp has one (this machine: none, so the CPU); True
+    without a GPU says how to get one; anything else is a wrong option."""
+    from pocketomni.backend.llama import gpu_available, gpu_layers
+
+    folder = converted_tiny("base", "f32")
+    assert not gpu_available() and gpu_layers(None) == 0 and gpu_layers(True) == 0
+    with pytest.raises(po.OptionsError, match="use_gpu"):
+        po.Omni.load_sync(folder, use_gpu="yes")
+    with pytest.raises(po.FeatureUnavailableError, match="GGML_METAL"):
+        po.Omni.load_sync(folder, use_gpu=True)
+    with po.Omni.load_sync(folder, n_threads=1, n_ctx=256, use_gpu=False) as o:
+        assert _run(o.chat(max_tokens=2), "hello").finish_reason == "length"
+
+
 def test_closed_model_and_chat(converted_tiny) -> None:
     omni = po.Omni.load_sync(converted_tiny("base", "f32"), n_threads=1, n_ctx=256)
     chat = omni.chat()

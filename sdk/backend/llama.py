@@ -47,11 +47,53 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def gpu_available() -> bool:
+    """Was this llama.cpp built with a GPU backend (Metal on macOS, CUDA, Vulkan, ...) that has a device?"""
+    ensure_backend()
+    return bool(L.llama_supports_gpu_offload())
+
+
+def gpu_layers(use_gpu: bool | None) -> int:
+    """llama.cpp's n_gpu_layers for `use_gpu`: None uses a GPU when there is one; False never."""
+    if use_gpu is False or not gpu_available():
+        return 0
+    return -1  # every layer
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give (MemAvailable on Linux/Android, physical memory
+    elsewhere), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def should_mmap(path: Path, n_gpu_layers: int) -> bool:
+    """Map the file, or read it into memory? On the CPU llama.cpp repacks most quantized weights into
+    a buffer of its own (faster matmuls); a mapped file's pages for those weights stay resident beside
+    that copy (3B thinker: 3.35 GB resident mapped vs 2.1 GB read, and reading loads 2x faster). So
+    read, unless the weights go to a GPU (mapped buffers are zero-copy there) or the file would take
+    more than half the memory still available (then the kernel should be free to page it)."""
+    if n_gpu_layers != 0:
+        return True
+    avail = available_memory()
+    return avail is None or path.stat().st_size > avail // 2
+
+
 class LlamaModel:
     """A GGUF model loaded by llama.cpp. Use as a context manager or call `close()`.
 
     `lock` is the model's re-entrant lock: everything that runs the model (all its contexts)
-    takes it, so several chats on one model take turns.
+    takes it, so several chats on one model take turns. `n_gpu_layers` None puts every layer on the
+    GPU when llama.cpp has one (`gpu_layers`); `use_mmap` None lets `should_mmap` choose.
     """
 
     def __init__(
@@ -59,8 +101,8 @@ class LlamaModel:
         path: str | os.PathLike[str],
         *,
         n_threads: int | None = None,
-        use_mmap: bool = True,
-        n_gpu_layers: int = 0,
+        use_mmap: bool | None = None,
+        n_gpu_layers: int | None = None,
         vocab_only: bool = False,
         expect_arch: str | Sequence[str] | None = None,
     ) -> None:
@@ -86,7 +128,12 @@ class LlamaModel:
         self._contexts: weakref.WeakSet[Any] = weakref.WeakSet()
 
         params = L.llama_model_default_params()
+        if n_gpu_layers is None:
+            n_gpu_layers = gpu_layers(None)
         params.n_gpu_layers = int(n_gpu_layers)
+        if use_mmap is None:
+            use_mmap = should_mmap(self.path, int(n_gpu_layers))
+        self.use_mmap = bool(use_mmap)
         params.load_mode = L.LLAMA_LOAD_MODE_MMAP if use_mmap else L.LLAMA_LOAD_MODE_NONE
         params.vocab_only = bool(vocab_only)
         mark = _log.mark()
