@@ -317,6 +317,11 @@ def omni_n_ctx(n_ctx: int | None) -> int:
 
 # ----------------------------------------------------------------------------- report
 
+# Runs labelled <model>-<step>, in the order the memory fixes landed.
+STEPS = [("before", "before"), ("after", "lazy mmproj + mapped token2wav"),
+         ("read", "+ weights read, not mapped"), ("release", "+ modulation weights released")]
+
+
 def write_report() -> None:
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("memory-*.json"))]
     order = ["load", "speech load", "thinker", "talker", "token2wav"]
@@ -325,15 +330,14 @@ def write_report() -> None:
               "(VmHWM reset at each stage switch; the 5 ms VmRSS sampler agrees or reads lower). Stages of the turn "
               "interleave, so each peak includes everything still resident from earlier stages."), ""]
     by = {r["label"]: r for r in runs}
-    pairs = [(k[: -len("-before")], by[k], by[k[: -len("-before")] + "-after"]) for k in by
-             if k.endswith("-before") and k[: -len("-before")] + "-after" in by]
-    if pairs:
-        lines += ["## Before / after", "", "| model | stage | before MB | after MB |", "|---|---|---|---|"]
-        for name, b, a in pairs:
-            for s in order:
-                lines.append(f"| {name} | {s} | {b['stages'][s]['peak_mb']:.0f} | {a['stages'][s]['peak_mb']:.0f} |")
-            lines.append(f"| {name} | **overall** | **{b['overall_peak_mb']:.0f}** | **{a['overall_peak_mb']:.0f}** |")
-        lines.append("")
+    models = sorted({k.split("-")[0] for k in by if k.endswith("-before")})
+    for name in models:
+        steps = [(step, title, by[f"{name}-{step}"]) for step, title in STEPS if f"{name}-{step}" in by]
+        lines += [f"## {name}: step by step", "", "| stage | " + " | ".join(f"{t} MB" for _, t, _ in steps) + " |",
+                  "|---" * (len(steps) + 1) + "|"]
+        for s in order:
+            lines.append(f"| {s} | " + " | ".join(f"{r['stages'][s]['peak_mb']:.0f}" for _, _, r in steps) + " |")
+        lines += ["| **overall** | " + " | ".join(f"**{r['overall_peak_mb']:.0f}**" for _, _, r in steps) + " |", ""]
     for r in runs:
         lines += [f"## {r['label']}", "",
                   f"{r['folder']}; n_ctx {r['n_ctx']}; {r['threads']} threads; {r['reply_tokens']} reply tokens, "

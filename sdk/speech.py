@@ -125,6 +125,7 @@ class SpeechEngine:
         self.ids = weights.ids
         self._speakers = weights.speakers
         self.token2wav = Token2Wav.from_weights(weights.weights, weights.config)
+        self.token2wav.prepare_presets()  # full size: 553 MB of modulation weights leave memory
         weights = dataclasses.replace(weights, weights={})  # the talker needs no vocoder tensors: free them
         self.talker: Talker = Talker(folder.talker, weights, n_threads, thinker_embed=thinker.model.embed_tokens,  # type: ignore[arg-type]
                                      n_ctx=n_ctx + TALKER_EXTRA_CTX, kv_f32=kv_f32, n_gpu_layers=n_gpu_layers)

@@ -36,6 +36,7 @@ from .weights import Token2WavWeights, load_token2wav
 
 EmbedFn = Callable[[Sequence[int]], np.ndarray]
 TALKER_ARCHS = ("paddleocr", "qwen2vl")
+TALKER_UBATCH = 128  # llama.cpp micro-batch rows for the talker (sizes its attention scratch)
 
 
 class Talker:
@@ -87,7 +88,9 @@ class Talker:
                 )
             self._wt, self._b = np.ascontiguousarray(w.T), b
             self.thinker_width = w.shape[1]
-            self.ctx = LlamaContext(self.model, n_ctx=n_ctx, kv_f32=kv_f32, n_seq_max=1)
+            # 128-row micro-batches: the prompt is prefilled once per reply and codes come one at a
+            # time, so a quarter of the default attention scratch (3B/7B: 221 -> ~60 MB) costs little
+            self.ctx = LlamaContext(self.model, n_ctx=n_ctx, n_ubatch=TALKER_UBATCH, kv_f32=kv_f32, n_seq_max=1)
             eos, pad = self._thinker_rows([self.ids.text_eos, self.ids.text_pad])
             self._eos_proj, self._pad_proj = eos @ self._wt, pad @ self._wt
         except BaseException:

@@ -69,6 +69,12 @@ class Token2Wav:
             self._speakers[name] = spk
         return spk
 
+    def prepare_presets(self) -> int:
+        """Cache the DiT's time modulations for every built-in preset, then release the weights that
+        made them (they serve nothing else). Returns the bytes released (0 unless memory-mapped)."""
+        self.dit.prepare_times(np.concatenate([self.plan(p).times for p in PRESETS.values()]))
+        return self.dit.release_time_weights()
+
     def plan(self, preset: str | Preset) -> SolverPlan:
         p = get_preset(preset)
         if p not in self._plans:

@@ -10,12 +10,13 @@ block boundary and holds the receptive field of the frames it keeps gives exactl
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import OptionsError
+from ..mapped_pages import release_file_pages
 from .config import DiTConfig
 from .ecapa import Ecapa
 from .layers import F32, gelu_tanh, layer_norm, linear, silu, softmax, sub, take
@@ -108,22 +109,34 @@ class DiT:
 
     def _time(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """Per-layer AdaLN modulations (L, 6, h) and final (2, h) for time t (cached)."""
-        key = float(t)
-        hit = self._time_cache.get(key)
-        if hit is not None:
-            return hit
+        hit = self._time_cache.get(float(t))
+        if hit is None:
+            self.prepare_times([t])
+            hit = self._time_cache[float(t)]
+        return hit
+
+    def prepare_times(self, times: Sequence[float]) -> None:
+        """Compute and cache the modulations of these solver times (one matmul per layer for all).
+        The modulation weights (6h x h per layer: 553 MB at full size) serve nothing else, so once
+        a model's solver times are cached they can be released (`release_time_weights`)."""
+        ts = [float(t) for t in dict.fromkeys(times) if float(t) not in self._time_cache]
+        if not ts:
+            return
         half = 128
         freqs = np.exp(np.arange(half, dtype=F32) * F32(-math.log(10000) / (half - 1)))
-        arg = (F32(1000.0) * F32(t)) * freqs
-        emb = np.concatenate([np.sin(arg), np.cos(arg)])
-        temb = linear(silu(linear(emb, self.t1_w, self.t1_b)), self.t2_w, self.t2_b)
-        st = silu(temb)
-        mods = np.stack([layer.mod_w @ st + layer.mod_b for layer in self.layers]).reshape(len(self.layers), 6, -1)
-        final = linear(st, self.norm_out_w, self.norm_out_b).reshape(2, -1)
-        if len(self._time_cache) > 256:
-            self._time_cache.clear()
-        self._time_cache[key] = (mods, final)
-        return mods, final
+        arg = (F32(1000.0) * np.asarray(ts, F32)[:, None]) * freqs
+        emb = np.concatenate([np.sin(arg), np.cos(arg)], axis=1)
+        st = silu(linear(silu(linear(emb, self.t1_w, self.t1_b)), self.t2_w, self.t2_b))  # (T, h)
+        mods = np.stack([linear(st, layer.mod_w, layer.mod_b) for layer in self.layers], axis=1)
+        mods = mods.reshape(len(ts), len(self.layers), 6, -1)
+        final = linear(st, self.norm_out_w, self.norm_out_b).reshape(len(ts), 2, -1)
+        for i, t in enumerate(ts):
+            self._time_cache[t] = (np.ascontiguousarray(mods[i]), np.ascontiguousarray(final[i]))
+
+    def release_time_weights(self) -> int:
+        """Drop the modulation weights' file pages from this process's memory (they come back from
+        the file if an uncached time is ever asked for). Returns the bytes released."""
+        return sum(release_file_pages(layer.mod_w) for layer in self.layers)
 
     # ---- one evaluation -----------------------------------------------------------------------
     def velocity(
