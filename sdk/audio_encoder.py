@@ -13,15 +13,15 @@ memory stays bounded by `max_rows` activation rows whatever the clip length.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
-from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
 from .audio_features import n_audio_tokens
 from .errors import MediaError, ModelFileError
 
-__all__ = ["AudioEncoderConfig", "AudioEncoder", "audio_tower_names"]
+__all__ = ["AudioEncoder", "AudioEncoderConfig", "audio_tower_names"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class AudioEncoderConfig:
     layer_norm_eps: float = 1e-5
 
     @classmethod
-    def from_hf(cls, audio_config: Mapping[str, object]) -> "AudioEncoderConfig":
+    def from_hf(cls, audio_config: Mapping[str, object]) -> AudioEncoderConfig:
         """Build from the HF `thinker_config.audio_config` dict (unknown keys are ignored)."""
         known = {f.name for f in fields(cls)}
         cfg = cls(**{k: v for k, v in audio_config.items() if k in known})  # type: ignore[arg-type]
@@ -213,7 +213,7 @@ class AudioEncoder:
         name_map: Callable[[str], str],
         max_rows: int = 1000,
         weights_f32: bool = True,
-    ) -> "AudioEncoder":
+    ) -> AudioEncoder:
         """Build from (dequantised) mmproj GGUF tensors; `name_map(hf_name) -> gguf_name`."""
         picked: dict[str, np.ndarray] = {}
         for hf_name in audio_tower_names(config):

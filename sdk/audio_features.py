@@ -36,15 +36,15 @@ _FLOOR = 1e-10
 _FRAME_BLOCK = 4096  # frames per FFT block (bounds temporary memory for long clips)
 
 __all__ = [
-    "SAMPLE_RATE",
-    "MAX_SAMPLES",
     "MAX_FRAMES",
-    "n_frames",
-    "n_audio_tokens",
-    "mel_filterbank",
+    "MAX_SAMPLES",
+    "SAMPLE_RATE",
     "log_mel",
-    "split_segments",
     "log_mel_segments",
+    "mel_filterbank",
+    "n_audio_tokens",
+    "n_frames",
+    "split_segments",
 ]
 
 

@@ -45,7 +45,7 @@ def test_token2wav_audio_unchanged_after_release(converted_tiny) -> None:
     a = Token2Wav.from_weights(fresh.weights, fresh.config)
     b_w = load_token2wav(path)
     b = Token2Wav.from_weights(b_w.weights, b_w.config)
-    name = sorted(fresh.speakers)[0]
+    name = min(fresh.speakers)
     s = fresh.speakers[name]
     spk_a, spk_b = a.speaker(s.cond, s.ref_mel, name), b.speaker(s.cond, s.ref_mel, name)
     codes = np.random.default_rng(1).integers(0, 30, 40)
