@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import queue
 import threading
 import time
@@ -74,7 +75,7 @@ class _Subscribe:
 class _Turn:
     audio: np.ndarray | None
     text: str | None
-    image: Any
+    visual: tuple[str, Any] | None  # ("images", [image]) or ("video", clip): seen with this turn
     epoch: int
     ended_at: float = field(default_factory=time.monotonic)
 
@@ -119,7 +120,7 @@ class VoiceSession:
         self._lock = threading.RLock()
         self._epoch = 0  # bumped by every barge-in: turns of an older epoch are stopped or dropped
         self._replying = False  # from a turn's submission until its audio has played
-        self._image: Any = None
+        self._visual: tuple[str, Any] | None = None  # camera context for the next turn
         self._ptt: list[np.ndarray] | None = None  # blocks captured while push-to-talk is held
         self._ptt_started = 0.0
         self._recent: collections.deque[np.ndarray] = collections.deque(maxlen=int(PTT_PRE_ROLL_SECONDS * 50) + 1)
@@ -265,11 +266,20 @@ class VoiceSession:
     def attach_image(self, image: Any) -> None:
         """An image (path, bytes, PIL image or array) the model sees with the next user turn; None clears it."""
         with self._lock:
-            self._image = image
+            self._visual = None if image is None else ("images", [image])
+
+    def attach_video(self, video: Any) -> None:
+        """A short clip the model sees with the next user turn (a camera's last seconds): a file path or
+        (frames, fps); None clears it. Its own sound is not used: the user's turn is the audio."""
+        if video is not None and not isinstance(video, (str, os.PathLike, tuple)):
+            raise OptionsError("attach_video takes a file path or (frames, fps)")
+        with self._lock:
+            self._visual = None if video is None else ("video", video)
 
     def submit(self, audio: Any = None, sample_rate: int = RATE, *, text: str | None = None,
-               image: Any = None) -> None:
-        """Queue a turn without the microphone: a mono clip (array at `sample_rate`) and/or text."""
+               image: Any = None, video: Any = None) -> None:
+        """Queue a turn without the microphone: a mono clip (array at `sample_rate`) and/or text, with
+        an optional image or video clip (as `attach_image` / `attach_video`)."""
         if audio is None and text is None:
             raise OptionsError("submit() needs audio or text")
         clip = None
@@ -279,6 +289,8 @@ class VoiceSession:
             clip = resample(to_mono(np.asarray(audio, dtype=np.float32)), int(sample_rate), RATE)
         if image is not None:
             self.attach_image(image)
+        if video is not None:
+            self.attach_video(video)
         self._queue_turn(clip, text)
 
     @property
@@ -410,11 +422,12 @@ class VoiceSession:
         with self._lock:
             if self._closed:
                 return
-            image, self._image = self._image, None
+            visual, self._visual = self._visual, None
             self._replying = True
-            turn = _Turn(audio, text, image, self._epoch)
+            turn = _Turn(audio, text, visual, self._epoch)
         secs = 0.0 if audio is None else audio.size / RATE
-        self._emit(UserTurn(secs, image is not None, text, turn.ended_at, audio))
+        kind = visual[0] if visual else None
+        self._emit(UserTurn(secs, kind == "images", text, turn.ended_at, audio, video=kind == "video"))
         self._turns.put(turn)
 
     # ------------------------------------------------------------------ turn thread
@@ -447,8 +460,11 @@ class VoiceSession:
         kwargs: dict[str, Any] = {"text": turn.text}
         if audio is not None:
             kwargs["audio"] = [(audio, RATE)]
-        if turn.image is not None:
-            kwargs["images"] = [turn.image]
+        if turn.visual is not None:
+            kind, value = turn.visual
+            kwargs[kind] = value
+            if kind == "video":
+                kwargs["use_audio_in_video"] = False
         if self.options is not None:
             kwargs["options"] = self.options
         t_text = t_audio = 0.0

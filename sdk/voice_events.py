@@ -37,13 +37,15 @@ class UserSpeaking:
 @dataclass(frozen=True, eq=False)
 class UserTurn:
     """A user turn goes to the model. ended_at: time.monotonic() when its end was detected;
-    audio: what the model hears (mono float32 at 16 kHz), or None for a text turn."""
+    audio: what the model hears (mono float32 at 16 kHz), or None for a text turn; image / video:
+    whether an image or a video clip went with it."""
 
     audio_seconds: float
     image: bool = False
     text: str | None = None
     ended_at: float = 0.0
     audio: np.ndarray | None = None
+    video: bool = False
 
 
 @dataclass(frozen=True)

@@ -213,3 +213,26 @@ def test_bad_arguments_are_rejected(omni) -> None:
     vs = po.VoiceSession(chat, input_device=False, output_device=False)
     with pytest.raises(po.OptionsError, match="audio or text"):
         vs.submit()
+
+
+def test_a_turn_with_a_camera_clip(omni) -> None:
+    """A short clip as the turn's visual context: the model sees its frames (not its sound: the
+    user's voice is the turn's audio), and the history keeps video then audio."""
+    chat = omni.chat(max_tokens=4)
+    log = Log()
+    frames = (np.random.default_rng(1).random((4, 56, 84, 3)) * 255).astype(np.uint8)  # 2 s at 2 fps
+    with po.VoiceSession(chat, input_device=False, output_device=False, on_event=log) as vs:
+        with pytest.raises(po.OptionsError, match="attach_video"):
+            vs.attach_video(frames)  # frames alone: the rate is missing
+        vs.submit(espeak(QUESTION, R), R, video=(frames, 2.0))
+        log.wait(lambda lg: lg.of(ReplyDone), 120, "the reply")
+        vs.attach_video((frames, 2.0))
+        vs.attach_video(None)  # cleared: the next turn has no clip
+        vs.submit(text="And now?")
+        log.wait(lambda lg: len(lg.of(ReplyDone)) >= 2, 120, "the second reply")
+    turns = log.of(UserTurn)
+    assert turns[0].video and not turns[0].image and not turns[1].video
+    assert not log.of(ReplyDone)[0].interrupted
+    hist = chat.messages
+    assert [p.kind for p in hist[0].parts] == ["video", "audio"]
+    assert [p.kind for p in hist[2].parts] == ["text"]
