@@ -147,5 +147,5 @@ def pick_rate(sd: ModuleType, dev: AudioDevice, kind: Kind, want: int, channels:
     try:
         check(device=dev.index, samplerate=want, channels=channels, dtype="float32")
         return want
-    except Exception:  # PortAudioError or ValueError: rate not supported
+    except (sd.PortAudioError, ValueError):  # the rate is not supported
         return int(round(dev.default_samplerate))
