@@ -18,7 +18,6 @@ import time
 import tracemalloc
 
 import numpy as np
-
 from pocketomni.audio_encoder import AudioEncoder, AudioEncoderConfig, audio_tower_names
 from pocketomni.audio_features import SAMPLE_RATE, log_mel, n_audio_tokens
 
