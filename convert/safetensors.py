@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from pocketomni.errors import ConversionError
+from pocketomni.mapped_pages import drop_pages
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -124,12 +125,7 @@ class MappedFiles:
         mm = self._map(info.path)
         page = mmap.PAGESIZE
         a = ((info.start + lo) // page) * page
-        b = info.start + hi
-        if b > a and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            try:
-                mm.madvise(mmap.MADV_DONTNEED, a, b - a)
-            except (OSError, ValueError):
-                pass
+        drop_pages(mm, a, info.start + hi - a)
 
     def close(self) -> None:
         for fd, mm in self._maps.values():

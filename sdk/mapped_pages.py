@@ -20,17 +20,26 @@ def _mapping(arr: np.ndarray) -> mmap.mmap | None:
     return base
 
 
+def drop_pages(mm: mmap.mmap, start: int, length: int) -> int:
+    """Drop bytes [start, start + length) of a read-only file mapping from this process (`start` on a
+    page boundary; best effort). Returns the bytes dropped: 0 where the platform has no madvise."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None or not hasattr(mm, "madvise") or mm.closed or length <= 0:
+        return 0
+    try:
+        mm.madvise(advice, start, length)
+    except (OSError, ValueError):
+        return 0
+    return length
+
+
 def release_file_pages(arr: np.ndarray) -> int:
     """Drop the whole pages inside `arr` if it is a view of a file mapping; returns the bytes dropped
     (0 for ordinary arrays, or where the platform has no madvise)."""
     mm = _mapping(arr)
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    if mm is None or advice is None or mm.closed or arr.nbytes == 0:
+    if mm is None or mm.closed or arr.nbytes == 0:
         return 0
     start = arr.ctypes.data - np.frombuffer(mm, dtype=np.uint8).ctypes.data
     page = mmap.PAGESIZE
     first, end = -(-start // page) * page, (start + arr.nbytes) // page * page
-    if end <= first:
-        return 0
-    mm.madvise(advice, first, end - first)
-    return end - first
+    return drop_pages(mm, first, end - first)

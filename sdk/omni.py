@@ -17,7 +17,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .backend.llama import gpu_available, gpu_layers
+from .backend.llama import gpu_layers
 from .encoders import MediaEncoders
 from .errors import FeatureUnavailableError, OptionsError, PocketOmniError
 from .media.image import ImageConfig
@@ -77,13 +77,13 @@ class Omni:
             image_cfg = ImageConfig(max_pixels=image_max_pixels)
         if use_gpu is not None and not isinstance(use_gpu, bool):
             raise OptionsError(f"use_gpu={use_gpu!r} must be True, False or None (use a GPU when there is one)")
-        if use_gpu and not gpu_available():
+        n_gpu_layers = gpu_layers(use_gpu)
+        if use_gpu and n_gpu_layers == 0:
             raise FeatureUnavailableError(
                 "use_gpu=True, but this llama-cpp-python was built without a GPU backend. On macOS reinstall it "
                 "with Metal: CMAKE_ARGS=\"-DGGML_METAL=on\" pip install --no-cache-dir --force-reinstall "
                 "llama-cpp-python; or pass use_gpu=None to use a GPU only when there is one."
             )
-        n_gpu_layers = gpu_layers(use_gpu)
         self.folder = ModelFolder.open(path, mmproj)
         settings = ContextSettings(n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, kv_f32=kv_f32)
         self._thinker = Thinker(self.folder.thinker, n_threads=n_threads, settings=settings, n_gpu_layers=n_gpu_layers)
