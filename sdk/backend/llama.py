@@ -18,8 +18,12 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp.llama_cpp as L
 import numpy as np
 
-from ..errors import ModelFileError, PocketOmniError
+from ..errors import ModelFileError, OptionsError, PocketOmniError
 from . import _log
+from .cpu_guard import (
+    REPACK_BUFFER, WEIGHT_LAYOUTS, WeightLayout, buffer_type_pointer, current_decision, override_pattern,
+    read_cpu_features, repack_weights,
+)
 from .gguf_file import EmbeddingRows, GGUFFile
 
 if TYPE_CHECKING:
@@ -88,12 +92,20 @@ def should_mmap(path: Path, n_gpu_layers: int) -> bool:
     return avail is None or path.stat().st_size > avail // 2
 
 
+class _BuftOverride(ctypes.Structure):
+    """llama.cpp's struct llama_model_tensor_buft_override (llama-cpp-python leaves it untyped)."""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
 class LlamaModel:
     """A GGUF model loaded by llama.cpp. Use as a context manager or call `close()`.
 
     `lock` is the model's re-entrant lock: everything that runs the model (all its contexts)
     takes it, so several chats on one model take turns. `n_gpu_layers` None puts every layer on the
     GPU when llama.cpp has one (`gpu_layers`); `use_mmap` None lets `should_mmap` choose.
+    `weight_layout` None follows the CPU guard (`cpu_guard.current_decision`, which keeps weights out
+    of llama.cpp's faulty AMX kernels); "default", "repack" or "plain" force one (benchmarks, tests).
     """
 
     def __init__(
@@ -105,6 +117,7 @@ class LlamaModel:
         n_gpu_layers: int | None = None,
         vocab_only: bool = False,
         expect_arch: str | Sequence[str] | None = None,
+        weight_layout: WeightLayout | None = None,
     ) -> None:
         ensure_backend()
         self.path = Path(path)
@@ -136,6 +149,7 @@ class LlamaModel:
         self.use_mmap = bool(use_mmap)
         params.load_mode = L.LLAMA_LOAD_MODE_MMAP if use_mmap else L.LLAMA_LOAD_MODE_NONE
         params.vocab_only = bool(vocab_only)
+        self.weight_layout = self._apply_weight_layout(params, weight_layout)
         mark = _log.mark()
         ptr = L.llama_model_load_from_file(str(self.path).encode("utf-8"), params)
         if not ptr:
@@ -157,6 +171,24 @@ class LlamaModel:
         self.n_pos_per_embd = 4 if self.uses_mrope else 1
         self.has_vocab = int(L.llama_vocab_type(self._vocab)) != L.LLAMA_VOCAB_TYPE_NONE
         self._embd_rows: EmbeddingRows | None = None
+
+    def _apply_weight_layout(self, params: Any, layout: WeightLayout | None) -> WeightLayout:
+        """Set the model params' extra buffer types and overrides for `layout` (see cpu_guard)."""
+        if layout is None:
+            layout = current_decision().layout
+        if layout not in WEIGHT_LAYOUTS:
+            raise OptionsError(f"weight_layout must be one of {WEIGHT_LAYOUTS} or None, not {layout!r}")
+        params.use_extra_bufts = layout == "default"
+        self._buft_overrides: Any = None
+        if layout == "repack":
+            records = ((t.name, t.ggml_type.name, t.shape) for t in self.gguf.tensors.values())
+            pattern = override_pattern(repack_weights(records, read_cpu_features()))
+            buft = buffer_type_pointer(REPACK_BUFFER)
+            if pattern is not None and buft is not None:
+                # NULL-terminated llama_model_tensor_buft_override[]; kept alive with the model.
+                self._buft_overrides = (_BuftOverride * 2)(_BuftOverride(pattern.encode(), buft), _BuftOverride())
+                params.tensor_buft_overrides = ctypes.addressof(self._buft_overrides)
+        return layout
 
     # ------------------------------------------------------------------ lifecycle
 
