@@ -16,18 +16,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import gguf
+
 from pocketomni.errors import ConversionError
 
-# llama_ftype values (llama.h), the target types `pocketomni convert --quant` offers through llama.cpp.
-LLAMA_FTYPES = {"q8_0": 7, "q4_k_m": 15}
+# The target types `pocketomni convert --quant` offers through llama.cpp (llama_ftype values, llama.h).
+# q4_0 is the one llama.cpp repacks on x86 at any width (q4_k_m falls back to q5_0 where a row is not
+# a multiple of 256, e.g. the 3B talker's 896).
+LLAMA_QUANT_TYPES = {
+    "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    "q4_k_m": gguf.LlamaFileType.MOSTLY_Q4_K_M,
+    "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+}
 # Keep llama.cpp's working buffers small: slabs of at most this many bytes of rows.
 MAX_BUF_BYTES = 256 << 20
 
 
 def llama_quantize(src: Path, dst: Path, quant: str, threads: int | None = None) -> None:
-    """Quantize the GGUF `src` into `dst` as `quant` (q8_0 or q4_k_m) with llama.cpp."""
-    if quant not in LLAMA_FTYPES:
-        raise ConversionError(f"unknown quantization {quant!r}; choose one of {', '.join(LLAMA_FTYPES)}.")
+    """Quantize the GGUF `src` into `dst` as `quant` (a key of LLAMA_QUANT_TYPES) with llama.cpp."""
+    if quant not in LLAMA_QUANT_TYPES:
+        raise ConversionError(f"unknown quantization {quant!r}; choose one of {', '.join(LLAMA_QUANT_TYPES)}.")
     try:
         import llama_cpp
     except ImportError as e:
@@ -36,7 +44,7 @@ def llama_quantize(src: Path, dst: Path, quant: str, threads: int | None = None)
             "--quant f16 / f32."
         ) from e
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = LLAMA_FTYPES[quant]
+    params.ftype = int(LLAMA_QUANT_TYPES[quant])
     params.nthread = threads if threads and threads > 0 else (os.cpu_count() or 1)
     if hasattr(params, "max_buf_size"):
         params.max_buf_size = MAX_BUF_BYTES

@@ -12,6 +12,7 @@ from typing import Any
 import gguf
 from gguf import GGMLQuantizationType as QT
 from pocketomni.convert.checkpoint import Checkpoint, cfg_get
+from pocketomni.convert.quantize import LLAMA_QUANT_TYPES
 from pocketomni.convert.safetensors import MappedFiles, TensorInfo, iter_rows_f32
 from pocketomni.convert.tokenizer import TokenizerMeta
 from pocketomni.convert.writer import GGUFPlan, TensorSpec, add_meta_strings
@@ -20,9 +21,8 @@ from pocketomni.errors import ConversionError
 ARCH = "qwen2vl"
 PREFIX = "thinker."
 
-# Output file types written directly, and the ones produced by llama.cpp's quantizer.
+# Output file types written directly (the quantized ones come from llama.cpp: quantize.LLAMA_QUANT_TYPES).
 DIRECT_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}
-LLAMA_QUANT_TYPES = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_k_m": gguf.LlamaFileType.MOSTLY_Q4_K_M}
 
 
 @dataclass(frozen=True)
