@@ -13,11 +13,13 @@ def build_parser() -> argparse.ArgumentParser:
     from pocketomni.convert.cli import add_convert_parser
     from pocketomni.convert.synth import add_synth_parser
     from pocketomni.demo import add_demo_parser
+    from pocketomni.doctor import add_doctor_parser
 
     add_convert_parser(sub)
     add_synth_parser(sub)
     add_demo_parser(sub)
     add_chat_parser(sub)
+    add_doctor_parser(sub)
     bench = sub.add_parser("bench", prefix_chars="+", add_help=False,  # every argument goes to the suite
                            help="benchmark suite (benchmarks/suite.py of a source checkout; `bench --help`)")
     bench.add_argument("args", nargs=argparse.REMAINDER)
