@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
+import transformers
 
 from transformers import WhisperFeatureExtractor  # noqa: E402
 from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (  # noqa: E402

@@ -80,7 +80,7 @@ def test_mrope_text_positions_equal_token_decode(model: LlamaModel) -> None:
 
 def _hf_reference(spec: TinySpec):
     """transformers' Qwen2.5-Omni thinker text model carrying the tiny GGUF's weights."""
-    torch = pytest.importorskip("torch")
+    import torch
     from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniTextConfig
     from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniThinkerTextModel
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("llama_cpp")
+import torch
+import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
+import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
 
 from pocketomni.backend import LlamaContext, LlamaModel
 from pocketomni.backend.kv_state import cell_positions, clamp_cell_positions, set_cell_t

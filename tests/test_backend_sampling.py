@@ -67,7 +67,7 @@ def test_invalid_params(bad: dict) -> None:
 
 
 def test_matches_transformers_processors() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     from transformers.generation.logits_process import (
         LogitsProcessorList,
         RepetitionPenaltyLogitsProcessor,

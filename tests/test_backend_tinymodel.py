@@ -186,9 +186,7 @@ _CONVERTED: dict[str, dict[str, Path]] = {}
 
 def converted_tiny(tmp_path_factory, checkpoint: Path, quant: str = "q4_k_m") -> dict[str, Path]:
     """Convert the tiny HF checkpoint with `pocketomni convert` once per session: {"thinker", "mmproj"}."""
-    import pytest
-
-    pipeline = pytest.importorskip("pocketomni.convert.pipeline", reason="converter not available")
+    from pocketomni.convert import pipeline
     key = f"{checkpoint}:{quant}"
     if key not in _CONVERTED:
         out = tmp_path_factory.mktemp(f"converted-{quant}")

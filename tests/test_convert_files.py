@@ -18,7 +18,7 @@ import gguf
 import numpy as np
 import pytest
 
-llama_cpp = pytest.importorskip("llama_cpp")
+import llama_cpp
 from llama_cpp import mtmd_cpp
 
 _ROOT = Path(tempfile.mkdtemp(prefix="pocketomni-convert-tests-"))

@@ -10,7 +10,7 @@ import gguf
 import pytest
 from test_convert_files import converted
 
-llama_cpp = pytest.importorskip("llama_cpp")
+import llama_cpp
 TT = gguf.TokenType
 
 

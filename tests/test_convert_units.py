@@ -119,13 +119,53 @@ def test_write_gguf_rejects_a_source_of_the_wrong_size(tmp_path: Path) -> None:
         write_gguf(tmp_path / "x.gguf", plan)
 
 
+U32 = 2.0**-24  # float32 unit roundoff: rounding to nearest errs by <= U32*|x|; one ulp(x) <= 2*U32*|x|
+
+
+def position_table_bound(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
+    """Largest |ours - reference| each entry of the audio position table can have from float32 rounding.
+
+    Reference (transformers' SinusoidsPositionEmbedding, torch float32):
+        a_k = -inc * k;  inv_k = exp(a_k);  t = p * inv_k;  table = [sin(t), cos(t)]
+    ours (sinusoid_positions): the same a_k (the same IEEE float32 multiply of the same operands, so the
+    same bits), inv_k = float32(exp in float64), t in float32, sin/cos in float64 rounded to float32.
+    - exp: torch's float32 exp (Sleef u10 on x86/ARM, libm for the tail) errs by <= 1 ulp <= 2u*inv_k,
+      ours by <= 0.5 ulp <= u*inv_k, so |d inv_k| <= 3u*inv_k. CPUs differ here: AVX2 and AVX-512 Sleef
+      round differently, which is why no single machine's gap can be the bound.
+    - t = p*inv_k: each side rounds once (<= u*p*inv_k), so |d t| <= p*|d inv_k| + 2u*p*inv_k = 5u*p*inv_k.
+    - sin/cos are 1-Lipschitz; torch's float32 sin/cos err by <= 1 ulp <= 2u (|value| <= 1), ours by
+      <= 0.5 ulp <= u (float64 evaluation errors, ~1e-16, are far below these float32 terms).
+    So |d table[p, k]| <= u*(5*p*inv_k + 3). Largest at p = length-1, inv_0 = 1: 5*1499*2**-24 = 4.5e-4,
+    i.e. 3.7 ulps of float32 at 1499 (one ulp there is 2**-13 = 1.22e-4: the gap seen on Intel AVX-512).
+    """
+    half = channels // 2
+    inv = np.exp(-np.log(max_timescale) / (half - 1) * np.arange(half))
+    steps_t = 3 + 2  # in units of u*p*inv_k: exp (1 ulp torch + 0.5 ulp ours = 3u), the two products (2u)
+    steps_sin = 2 + 1  # in units of u: torch's sin/cos (1 ulp = 2u) and ours (0.5 ulp = u)
+    bound = U32 * (steps_t * np.arange(length)[:, None] * inv[None, :] + steps_sin)
+    return np.concatenate([bound, bound], axis=1)
+
+
 def test_audio_position_table_matches_the_reference() -> None:
     from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import SinusoidsPositionEmbedding
 
+    length = 1500  # max_source_positions: the table's rows
     for channels in (32, 48, 1280):
-        ref = SinusoidsPositionEmbedding(1500, channels).positional_embedding.numpy()
-        ours = sinusoid_positions(1500, channels)
+        ref = SinusoidsPositionEmbedding(length, channels).positional_embedding.numpy()
+        ours = sinusoid_positions(length, channels)
         assert ours.dtype == np.float32 and ours.shape == ref.shape
-        # torch's float32 exp is not correctly rounded; 1 ulp of a timescale times position 1499
-        # moves sin/cos by up to ~3e-5 (a wrong formula would be off by O(1)).
-        np.testing.assert_allclose(ours, ref, rtol=0, atol=5e-5)
+        bound = position_table_bound(length, channels)
+        assert bound.max() <= 5 * (length - 1) * U32 + 3 * U32  # <= 4.5e-4 overall, see the derivation
+        err = np.abs(ours.astype(np.float64) - ref)
+        worst = np.unravel_index(np.argmax(err - bound), err.shape)
+        assert np.all(err <= bound), \
+            f"{channels} channels: |ours - ref| {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst}"
+        # The bound still tells a wrong table apart: positions off by one, or the timescale step of
+        # log(max)/(C/2) instead of log(max)/(C/2 - 1), exceed it.
+        assert not np.all(np.abs(ours[1:].astype(np.float64) - ref[:-1]) <= bound[1:])
+        half = channels // 2
+        step = np.float32(-np.log(10000.0) / half)
+        inv = np.exp(step * np.arange(half, dtype=np.float32))
+        t = np.arange(length, dtype=np.float32)[:, None] * inv[None, :]
+        wrong = np.concatenate([np.sin(t), np.cos(t)], axis=1)
+        assert not np.all(np.abs(wrong.astype(np.float64) - ref) <= bound)

@@ -11,7 +11,7 @@ import pytest
 from pocketomni.cli import main
 from pocketomni.demo import SCRIPT, STAMP, demo_audio, demo_image, ensure_demo_model
 
-pytest.importorskip("llama_cpp")
+import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from omni_fixtures import VARIANTS, build_checkpoint, load_processor, load_reference  # noqa: E402
 from omni_fixtures.config import VARIANT_SPECS  # noqa: E402

@@ -21,7 +21,9 @@ def test_mmproj_loads_on_first_image_only(converted_tiny) -> None:
         chat = omni.chat(max_tokens=2)
         assert _run(chat, "hello").finish_reason == "length"
         t = np.arange(16000) / 16000
-        assert _run(chat, "listen", audio=[(0.1 * np.sin(2 * np.pi * 440 * t).astype(np.float32), 16000)])
+        heard = _run(chat, "listen", audio=[(0.1 * np.sin(2 * np.pi * 440 * t).astype(np.float32), 16000)])
+        # 1 s through the exact encoder: 100 mel frames -> 25 audio tokens (mtmd would pad to 30 s: 750)
+        assert heard.usage.media_tokens == 25 and heard.finish_reason == "length"
         assert media.mtmd is None  # text and exact audio did not need the projector
         img = np.full((56, 84, 3), 128, np.uint8)
         done = _run(chat, "look", images=[img])

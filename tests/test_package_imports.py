@@ -23,7 +23,21 @@ def test_import_pulls_no_reference_or_ui_packages(module: str) -> None:
 
 
 def test_public_names_resolve() -> None:
+    """Every name in __all__ resolves (lazy ones too) to pocketomni's own object of that name, once."""
+    import re
+    from pathlib import Path
+
     import pocketomni as po
 
+    assert len(set(po.__all__)) == len(po.__all__), "duplicate names in __all__"
     for name in po.__all__:
-        assert getattr(po, name) is not None, name
+        obj = getattr(po, name)  # AttributeError if __all__ lists a name the package does not have
+        if name == "__version__":
+            pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+            assert obj == re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1), \
+                "pocketomni.__version__ is out of step with pyproject.toml"
+            continue
+        assert getattr(obj, "__name__", None) == name, f"po.{name} is {obj!r}"
+        assert obj.__module__.startswith("pocketomni."), f"po.{name} comes from {obj.__module__}"
+        if name.endswith("Error"):
+            assert issubclass(obj, po.PocketOmniError), name

@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("llama_cpp")
+import torch
+import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
+import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
 
 import pocketomni as po
 from pocketomni.audio_features import log_mel_segments

@@ -6,8 +6,10 @@ media marker, then `mtmd_tokenize` + `mtmd_helper_eval_chunks` (MtmdContext.eval
 default settings. The reference is `Qwen2_5OmniForConditionalGeneration.thinker` on the prompt the HF
 processor builds for the same conversation. Bound: last-position logits within 1e-2 of max|logit|.
 
-Where stock mtmd disagrees with the reference the bound stays; the case is a strict expected failure
-whose reason carries the measured gap and its cause, and a passing test next to it pins that cause:
+Where stock mtmd disagrees with the reference, the case asserts that it deviates exactly as it is known
+to (finite logits of the model's scale, a gap clearly off parity and within the known range: see
+GAP_RANGE), so NaN, a crash or garbage fails it, and so does stock mtmd starting to match the reference
+(then it could be used as is); a passing test next to it pins the cause:
 - images: mtmd wraps them in the Qwen2-VL strings `<|vision_start|>` / `<|vision_end|>`, which the
   Omni vocabulary does not have (its ids 151652/151653 are `<|vision_bos|>` / `<|vision_eos|>`), so
   each becomes 6 ordinary tokens; and mtmd's default minimum of 8 image tokens upscales small images.
@@ -27,9 +29,9 @@ import functools
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("llama_cpp")
+import torch
+import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
+import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
 
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from omni_fixtures import build_checkpoint, load_processor, load_reference
@@ -144,54 +146,77 @@ def stock_run(folder, text: str, media: np.ndarray) -> tuple[np.ndarray, list]:
         return ctx.output_logits(), plan
 
 
-# Measured on the tiny fixtures (llama-cpp-python 0.3.36): relative last-logit gap of the stock path.
-IMAGE_GAPS = {
-    ("base", 56, 84): "0.52", ("base", 112, 56): "0.44",
-    ("gqa4", 56, 84): "0.34", ("gqa4", 112, 56): "0.23",
-    ("odd", 56, 84): "0.48", ("odd", 112, 56): "0.51",
+# Stock mtmd's known deviation. The stock path is not at parity (the bound above, RTOL), for the
+# structural reasons in the module docstring: the prompt around an image holds 12 plain tokens where the
+# reference has 2 special ones (and a 56x84 image is upscaled from 6 to 12 tokens); audio is padded to
+# 30 s windows (750 or 1500 tokens of mostly silence where the reference has 75 or 1125). Each case
+# therefore asserts that stock mtmd still deviates the way it is known to, not that it matches:
+#   gap   = max|got - ref| / max|ref|                  (relative_gap)
+#   scale = max|got| / max|ref|
+#   corr  = Pearson correlation of got and ref over the vocabulary
+# Measured (tiny fixtures, llama-cpp-python 0.3.36, transformers 5.24.0, 1 thread):
+#   image gap 0.23-0.52, audio gap 0.36-0.99 (per case in STOCK_GAPS); scale 0.96-1.14; corr 0.53-0.98.
+# The ranges come from what the deviation is, not from these numbers:
+# - gap >= 10 * RTOL = 0.1. Numerical differences (op order, precision) between these f32 paths stay
+#   below RTOL (test_stock_image_embeddings_in_reference_layout puts mtmd's own embeddings in the
+#   reference's layout and lands at 1-3e-4); a wrong token or a padded window feeds the last position
+#   O(1)-different embeddings through attention, which on random weights moves the logits by a sizable
+#   fraction of their scale. A gap within 10x of the parity bound means the structure changed (mtmd fixed the
+#   wrapper or the padding): then stock may be usable as is, and this test must be revisited.
+# - gap <= 1.5: two logit vectors of equal scale that have nothing to do with each other differ by
+#   about sqrt(2) of that scale at their largest entry (independent near-Gaussian entries), and by
+#   at most 2 if opposite. Stock and reference share the weights and the whole text after the media,
+#   so they are positively related (the gap stays below ~sqrt 2); 1.5 leaves room above sqrt(2) but
+#   rejects anti-correlated or exploded logits.
+# - scale in [0.5, 2]: both paths end in the same final RMSNorm and lm_head, which fix the logits'
+#   magnitude up to the normalized state's direction; a factor of 2 either way means the logits are
+#   not the model's (zeros, overflow, a wrong head). This is what catches NaN/inf/huge or all-zero
+#   outputs that a gap range alone could let through (all zeros give gap exactly 1).
+# - every logit finite.
+GAP_RANGE = (10 * RTOL, 1.5)
+SCALE_RANGE = (0.5, 2.0)
+STOCK_GAPS = {  # measured (printed beside each new measurement; not asserted)
+    ("image", "base", 56, 84): 0.52, ("image", "base", 112, 56): 0.44,
+    ("image", "gqa4", 56, 84): 0.34, ("image", "gqa4", 112, 56): 0.23,
+    ("image", "odd", 56, 84): 0.48, ("image", "odd", 112, 56): 0.51,
+    ("audio", "base", 3): 0.65, ("audio", "base", 45): 0.36, ("audio", "gqa4", 3): 0.79,
+    ("audio", "gqa4", 45): 0.69, ("audio", "odd", 3): 0.77, ("audio", "odd", 45): 0.99,
 }
-AUDIO_GAPS = {("base", 3): "0.65", ("base", 45): "0.36", ("gqa4", 3): "0.79", ("gqa4", 45): "0.69",
-              ("odd", 3): "0.77", ("odd", 45): "0.99"}
-WRAPPER_CAUSE = ("mtmd wraps the image in the Qwen2-VL strings '<|vision_start|>'/'<|vision_end|>', which the Omni "
-                 "vocabulary splits into 6 plain tokens each instead of <|vision_bos|>/<|vision_eos|>")
-UPSCALE_CAUSE = "; mtmd's default minimum of 8 image tokens also upscales 56x84 to 12 tokens (reference: 6)"
 
 
-def _image_case(variant: str, h: int, w: int):
-    gap = IMAGE_GAPS[(variant, h, w)]
-    reason = f"stock mtmd: logits gap {gap} of max|logit| (bound 1e-2): {WRAPPER_CAUSE}"
-    if h * w // 784 < 8:
-        reason += UPSCALE_CAUSE
-    return pytest.param(variant, h, w, id=f"{variant}-{w}x{h}",
-                        marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason))
+def assert_known_stock_deviation(got: np.ndarray, ref: np.ndarray, label: str, known: float) -> None:
+    """Stock mtmd's logits deviate from the reference by its known structural gap: finite, of the
+    model's scale, clearly off parity, not unrelated or exploded (see GAP_RANGE / SCALE_RANGE)."""
+    assert got.shape == ref.shape and np.isfinite(ref).all(), label
+    assert np.isfinite(got).all(), f"{label}: stock logits hold {np.count_nonzero(~np.isfinite(got))} NaN/inf"
+    gap = relative_gap(got, ref)
+    scale = float(np.abs(got).max() / np.abs(ref).max())
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant logits: NaN corr; the scale check fails
+        corr = float(np.corrcoef(got, ref)[0, 1])
+    print(f"{label}: gap {gap:.3g} (measured before: {known}), scale {scale:.3g}, corr {corr:.3g}")
+    assert SCALE_RANGE[0] <= scale <= SCALE_RANGE[1], f"{label}: logits {scale:.3g}x the reference's"
+    assert gap >= GAP_RANGE[0], (f"{label}: stock mtmd is now within {gap:.3g} of the reference (parity: "
+                                 f"{RTOL}); its prompt or windows changed: can it be used as is?")
+    assert gap <= GAP_RANGE[1], f"{label}: stock logits gap {gap:.3g} is beyond the known deviation"
 
 
-def _audio_case(variant: str, seconds: int):
-    gap = AUDIO_GAPS[(variant, seconds)]
-    ref_tokens = {3: 75, 45: 1125}[seconds]
-    reason = (f"stock mtmd: logits gap {gap} of max|logit| (bound 1e-2): it pads to 30 s windows encoded with full "
-              f"attention ({750 * (seconds // 30 + 1)} audio tokens) where the reference encodes 2 s windows of the "
-              f"exact clip ({ref_tokens} tokens); our exact encoder passes (test_parity_audio_exact)")
-    return pytest.param(variant, seconds, id=f"{variant}-{seconds}s",
-                        marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason))
-
-
-@pytest.mark.parametrize("variant,h,w", [_image_case(v, h, w) for v in VARIANTS for h, w in IMAGE_SIZES])
-def test_stock_image_logits_match_reference(converted_tiny, variant: str, h: int, w: int) -> None:
+@pytest.mark.parametrize("variant,h,w", [pytest.param(v, h, w, id=f"{v}-{w}x{h}")
+                                         for v in VARIANTS for h, w in IMAGE_SIZES])
+def test_stock_image_logits_deviate_as_known(converted_tiny, variant: str, h: int, w: int) -> None:
     ref, _ = reference_image_logits(variant, h, w)
     got, plan = stock_run(converted_tiny(variant), IMAGE_TEXT, noise_image(h, w))
-    gap = relative_gap(got, ref)
-    print(f"{variant} {w}x{h}: stock image logits gap {gap:.3g}, plan {[(k, v) for k, v in plan if k != 'text']}")
-    assert gap <= RTOL
+    print(f"plan {[(k, v) for k, v in plan if k != 'text']}")
+    assert_known_stock_deviation(got, ref, f"{variant} {w}x{h} image", STOCK_GAPS[("image", variant, h, w)])
 
 
-@pytest.mark.parametrize("variant,seconds", [_audio_case(v, s) for v in VARIANTS for s in (3, 45)])
-def test_stock_audio_logits_match_reference(converted_tiny, variant: str, seconds: int) -> None:
+@pytest.mark.parametrize("variant,seconds", [pytest.param(v, s, id=f"{v}-{s}s")
+                                              for v in VARIANTS for s in (3, 45)])
+def test_stock_audio_logits_deviate_as_known(converted_tiny, variant: str, seconds: int) -> None:
     ref, _ = reference_audio_logits(variant, seconds)
     got, plan = stock_run(converted_tiny(variant), AUDIO_TEXT, audio_clip(seconds))
-    gap = relative_gap(got, ref)
-    print(f"{variant} {seconds} s: stock audio logits gap {gap:.3g}, plan {[(k, v) for k, v in plan if k != 'text']}")
-    assert gap <= RTOL
+    print(f"plan {[(k, v) for k, v in plan if k != 'text']}")
+    known = STOCK_GAPS[("audio", variant, seconds)]
+    assert_known_stock_deviation(got, ref, f"{variant} {seconds} s audio", known)
 
 
 # ---------------------------------------------------------------------- the causes, pinned

@@ -18,9 +18,9 @@ import functools
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("llama_cpp")
+import torch
+import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
+import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
 
 import pocketomni as po
 from pocketomni.backend import LlamaModel, MtmdContext

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import torch
+import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
 
 from omni_fixtures import build_checkpoint, load_processor
 from pocketomni.media.audio import prepare_audio

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import torch
+import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
 
 from pocketomni.positions import (
     KIND_AUDIO,

@@ -34,29 +34,47 @@ def _run(chat, *args, **kw) -> po.Done:
     return next(ev for ev in chat.send_sync(*args, **kw) if isinstance(ev, po.Done))
 
 
-def _bad_cases(tmp: Path) -> list[tuple[str, type, dict]]:
+def _bad_cases(tmp: Path) -> list[tuple[str, type, dict, tuple[str, ...]]]:
+    """(name, error type, send() arguments, what the message must name: the culprit and the fix)."""
     (tmp / "noise.png").write_bytes(b"this is not an image at all")
     (tmp / "noise.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk")
     (tmp / "noise.mp3").write_bytes(b"\x00\x01\x02 definitely not audio " * 10)
     huge = _png_header_only(tmp / "huge.png", 20000, 20000)
+    overflow_fix = ("chat.reset()", "larger n_ctx")  # free the context or load a bigger one
     return [
-        ("missing image file", po.MediaError, {"text": "look", "images": [tmp / "absent.jpg"]}),
-        ("missing audio file", po.MediaError, {"text": "listen", "audio": [str(tmp / "absent.wav")]}),
-        ("undecodable image file", po.MediaError, {"text": "look", "images": [tmp / "noise.png"]}),
-        ("undecodable image bytes", po.MediaError, {"text": "look", "images": [b"\x00\x01garbage"]}),
-        ("undecodable wav", po.MediaError, {"text": "listen", "audio": [tmp / "noise.wav"]}),
-        ("undecodable audio", po.MediaError, {"text": "listen", "audio": [tmp / "noise.mp3"]}),
-        ("zero-length audio", po.MediaError, {"text": "listen", "audio": [(np.zeros(0, np.float32), 16000)]}),
-        ("20000x20000 image", po.MediaError, {"text": "look", "images": [huge]}),
-        ("too elongated image", po.MediaError, {"text": "look", "images": [np.zeros((28, 28 * 250, 3), np.uint8)]}),
-        ("unsupported image type", po.MediaError, {"text": "look", "images": [12345]}),
-        ("prompt beyond the context window", po.ContextOverflowError, {"text": "word " * 600}),
+        ("missing image file", po.MediaError, {"text": "look", "images": [tmp / "absent.jpg"]},
+         ("absent.jpg", "check the path")),
+        ("missing audio file", po.MediaError, {"text": "listen", "audio": [str(tmp / "absent.wav")]},
+         ("absent.wav", "check the path")),
+        ("undecodable image file", po.MediaError, {"text": "look", "images": [tmp / "noise.png"]},
+         ("noise.png", "convert it to PNG or JPEG")),
+        ("undecodable image bytes", po.MediaError, {"text": "look", "images": [b"\x00\x01garbage"]},
+         ("image bytes", "convert it to PNG or JPEG")),
+        ("undecodable wav", po.MediaError, {"text": "listen", "audio": [tmp / "noise.wav"]},
+         ("noise.wav", "truncated or corrupt")),
+        ("undecodable audio", po.MediaError, {"text": "listen", "audio": [tmp / "noise.mp3"]},
+         ("noise.mp3", "convert it to WAV, FLAC or MP3")),
+        ("zero-length audio", po.MediaError, {"text": "listen", "audio": [(np.zeros(0, np.float32), 16000)]},
+         ("no samples", "pass a recording")),
+        ("20000x20000 image", po.MediaError, {"text": "look", "images": [huge]},
+         ("100 megapixels", "Downscale it")),
+        ("too elongated image", po.MediaError,
+         {"text": "look", "images": [np.zeros((28, 28 * 250, 3), np.uint8)]},
+         ("7000x28", "200:1", "Crop it or pad it")),
+        ("unsupported image type", po.MediaError, {"text": "look", "images": [12345]},
+         ("int", "pass a path, bytes, a PIL image or a numpy array")),
+        ("prompt beyond the context window", po.ContextOverflowError, {"text": "word " * 600},
+         ("512-token context", *overflow_fix)),
         ("media beyond the context window", po.ContextOverflowError,
-         {"text": "look", "images": [np.zeros((28 * 24, 28 * 24, 3), np.uint8)]}),
-        ("placeholder tokens in text", po.MediaError, {"text": "<|vision_bos|><|IMAGE|><|vision_eos|> hi"}),
-        ("unknown option", po.OptionsError, {"text": "hi", "max_tokenz": 3}),
-        ("bad option value", po.OptionsError, {"text": "hi", "temperature": -1.0}),
-        ("empty turn", po.OptionsError, {}),
+         {"text": "look", "images": [np.zeros((28 * 24, 28 * 24, 3), np.uint8)]},
+         ("576 of them for media", "image_max_pixels", *overflow_fix)),
+        ("placeholder tokens in text", po.MediaError, {"text": "<|vision_bos|><|IMAGE|><|vision_eos|> hi"},
+         ("<|vision_bos|>", "remove them", "as attachments")),
+        ("unknown option", po.OptionsError, {"text": "hi", "max_tokenz": 3},
+         ("max_tokenz", "valid options are", "max_tokens")),
+        ("bad option value", po.OptionsError, {"text": "hi", "temperature": -1.0},
+         ("temperature=-1.0", "[0.0, 10.0]")),
+        ("empty turn", po.OptionsError, {}, ("needs text, images, audio or a video",)),
     ]
 
 
@@ -65,13 +83,14 @@ def test_bad_inputs_raise_typed_errors_and_the_chat_goes_on(omni, tmp_path) -> N
     img = (rng.random((56, 56, 3)) * 255).astype(np.uint8)
     chat = omni.chat(max_tokens=4)
     _run(chat, "First question", images=[img])
-    for name, err, kw in _bad_cases(tmp_path):
+    for name, err, kw, names in _bad_cases(tmp_path):
         before_tokens, before_msgs = chat.tokens, chat.messages
         with pytest.raises(err) as info:
             text = kw.pop("text", None)
             _run(chat, text, **kw)
         assert isinstance(info.value, po.PocketOmniError), name
-        assert len(str(info.value)) > 30, f"{name}: the message should say what to do: {info.value}"
+        missing = [part for part in names if part not in str(info.value)]
+        assert not missing, f"{name}: the message should name {missing} (culprit and fix): {info.value}"
         assert chat.tokens == before_tokens and chat.messages == before_msgs, f"{name} changed the chat"
         assert chat.n_tokens == len(before_tokens)
     done = _run(chat, "Second question", max_tokens=4)
@@ -119,16 +138,24 @@ def test_features_missing_from_the_folder(omni, converted_tiny, tmp_path) -> Non
 
 
 def test_gpu_option(converted_tiny) -> None:
-    """use_gpu: None uses a GPU only when llama.cpp has one (this machine: none, so the CPU); True
-    without a GPU says how to get one; anything else is a wrong option."""
+    """use_gpu: None uses a GPU only when llama.cpp has one; True without a GPU backend says how to get
+    one, and with one loads onto it; False keeps the CPU; anything else is a wrong option. Holds on CPU-only
+    builds and on Metal/CUDA/Vulkan builds alike."""
     from pocketomni.backend.llama import gpu_available, gpu_layers
 
     folder = converted_tiny("base", "f32")
-    assert not gpu_available() and gpu_layers(None) == 0 and gpu_layers(True) == 0
+    assert gpu_layers(False) == 0
     with pytest.raises(po.OptionsError, match="use_gpu"):
         po.Omni.load_sync(folder, use_gpu="yes")
-    with pytest.raises(po.FeatureUnavailableError, match="GGML_METAL"):
-        po.Omni.load_sync(folder, use_gpu=True)
+    if gpu_available():
+        assert gpu_layers(None) == gpu_layers(True) == -1  # every layer on the GPU
+        with po.Omni.load_sync(folder, n_threads=1, n_ctx=256, use_gpu=True) as o:
+            assert _run(o.chat(max_tokens=2), "hello").finish_reason == "length"
+    else:
+        assert gpu_layers(None) == 0 and gpu_layers(True) == 0
+        with pytest.raises(po.FeatureUnavailableError, match="GGML_METAL") as info:
+            po.Omni.load_sync(folder, use_gpu=True)
+        assert "use_gpu=None" in str(info.value)  # ... or the way to use a GPU only when there is one
     with po.Omni.load_sync(folder, n_threads=1, n_ctx=256, use_gpu=False) as o:
         assert _run(o.chat(max_tokens=2), "hello").finish_reason == "length"
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from video_files import write_clip
 
-pytest.importorskip("llama_cpp")
+import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
 
 import pocketomni as po
 from pocketomni.errors import ContextOverflowError, MediaError, OptionsError

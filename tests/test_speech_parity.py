@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import torch
+import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
 
 import pocketomni as po
 from omni_fixtures import build_checkpoint, load_processor, load_reference

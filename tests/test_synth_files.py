@@ -14,7 +14,7 @@ from pocketomni.cli import main
 from pocketomni.convert.synth import CHUNK, noise_codes, synth_model, tensor_rows, unit_noise
 from pocketomni.errors import ConversionError
 
-llama_cpp = pytest.importorskip("llama_cpp")
+import llama_cpp
 
 NUM_RANKS = 151643  # BPE tokens; the thinker's head rows above are zero
 DIT_CODES = 8194  # the talker's head rows above (stop codes included) are zero

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import torch
+import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
 
 from pocketomni.token2wav import NoiseSource
 from pocketomni.token2wav.streaming import ChunkedDiTStream, DiTStream
