@@ -48,7 +48,7 @@ from pocketomni.convert.synth_shapes import (
     checkpoint_shapes,
     preset_config,
 )
-from pocketomni.convert.talker import talker_expected, talker_plan
+from pocketomni.convert.talker import talker_expected, talker_names, talker_plan
 from pocketomni.convert.thinker import DIRECT_TYPES, LLAMA_QUANT_TYPES, thinker_names, thinker_plan
 from pocketomni.convert.token2wav import token2wav_plan
 from pocketomni.convert.tokenizer import load_tokenizer
@@ -277,6 +277,8 @@ def synth_model(
     source = _source_summary(ckpt, thinker_shapes, shape.summary())
     source["synthetic"] = {"preset": preset, "seed": seed, "format": SYNTH_FORMAT,
                            "note": "random weights with the real shapes; the output is meaningless"}
+    if speech:  # which talker shape a folder holds (older 3B folders carry the 7B talker sizes)
+        source["synthetic"]["talker"] = talker_names(ckpt)[0].summary()
 
     def meta(component: str) -> dict[str, str]:
         return {"name": f"{ckpt.path.name} {component}", "component": component, "converter_version": version}
@@ -320,7 +322,8 @@ def add_synth_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--quant", default="q4_k_m", help=f"thinker type: {', '.join(THINKER_QUANTS)} (default q4_k_m)")
     p.add_argument("--mmproj-quant", default=DEFAULT_MMPROJ_QUANT,
                    help=f"vision/audio projector type: {', '.join(MMPROJ_QUANTS)} (default {DEFAULT_MMPROJ_QUANT})")
-    p.add_argument("--talker-quant", default=None, help="talker type (default: same as --quant)")
+    p.add_argument("--talker-quant", default=None,
+                   help=f"talker type: {', '.join(THINKER_QUANTS)} (default: same as --quant)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, identical files; default 0)")
     p.add_argument("--no-speech", action="store_true", help="skip the talker and token2wav files")
     p.add_argument("--threads", type=int, default=None, help="threads for llama.cpp quantization")

@@ -1,10 +1,14 @@
 """config.json of Qwen2.5-Omni-7B / -3B (and a tiny preset), and every checkpoint tensor's name and shape.
 
 `CONFIG_7B` mirrors the hub's `Qwen/Qwen2.5-Omni-7B/config.json` (hub key style: `rope_scaling` +
-`rope_theta`, both spellings of the DiT sizes). The 3B differs in the thinker's text model (hidden 2048,
-36 layers, 16 heads, 2 KV heads, FFN 11008, vocabulary 151936), hence in every width that feeds it
-(vision/audio outputs, the talker's `embedding_size`). Not verifiable offline, and so assumptions:
-the 3B talker keeps the 7B talker's sizes, and both thinkers keep a separate `lm_head`.
+`rope_theta`, both spellings of the DiT sizes). `CHANGES_3B` holds what `Qwen/Qwen2.5-Omni-3B/config.json`
+changes, read from that file (not assumed): the thinker's text model (hidden 2048, 36 layers, 16 heads,
+2 KV heads, FFN 11008, vocabulary 151936, mrope_section [16, 24, 24], separate `lm_head`), hence every
+width that feeds it (vision/audio outputs, the talker's `embedding_size` 2048), and a smaller talker:
+hidden 896, 24 layers, 14 heads x head_dim 64 (= 896, where the 7B's 12 x 128 = 1536 is wider than its
+896 hidden state), 2 KV heads, FFN 4864, vocabulary 8448, mrope_section [16, 16, 0] (no width section).
+That is 0.38B talker parameters in the checkpoint (0.37B in the talker GGUF, whose token_embd folds the
+2048-wide codec table through the projection), against 1.35B for the 7B talker.
 
 `checkpoint_shapes(config)` lists what `Qwen2_5OmniForConditionalGeneration(config).state_dict()`
 holds (checked against transformers on the meta device in tests/test_synth_shapes.py).
@@ -107,7 +111,11 @@ CHANGES_3B: dict[str, Any] = {
             "num_hidden_layers": 36, "num_key_value_heads": 2, "vocab_size": 151936,
         },
     },
-    "talker_config": {"embedding_size": 2048},
+    "talker_config": {
+        "embedding_size": 2048, "head_dim": 64, "hidden_size": 896, "intermediate_size": 4864,
+        "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2, "vocab_size": 8448,
+        "rope_scaling": {"mrope_section": [16, 16, 0], "rope_type": "default", "type": "default"},
+    },
 }
 
 # The tiny preset (the demo model): every size small, vocabularies and token ids real.

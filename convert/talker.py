@@ -1,10 +1,13 @@
 """The talker GGUF: the Qwen2.5-Omni talker decoder for stock llama.cpp, fed with embeddings.
 
 Architecture `paddleocr`, not `qwen2vl`: both are the same Qwen2 layer with M-RoPE in llama.cpp, but
-`qwen2vl` requires heads * head_dim == hidden, while the talker has head_dim set on its own (the real
-one: 12 heads x 128 = 1536 wide attention on an 896 hidden state). llama.cpp's `paddleocr` sizes the
-attention from `attention.key_length` and takes the q/k/v biases (optional there), so the talker
-loads unchanged.
+`qwen2vl` requires heads * head_dim == hidden, while the talker has head_dim set on its own (the 7B
+one: 12 heads x 128 = 1536 wide attention on an 896 hidden state; the 3B one: 14 x 64 = 896). llama.cpp's
+`paddleocr` sizes the attention from `attention.key_length` and takes the q/k/v biases (optional there),
+so the talker loads unchanged. Every size comes from config.json's talker_config, the M-RoPE sections
+padded to llama.cpp's four: the 3B's [16, 16, 0] is written [16, 16, 0, 0] and llama.cpp's M-RoPE then
+turns rotary frequencies 0-15 by the temporal and 16-31 by the height position, none by the width,
+as the reference does (tests/test_talker_convert.py checks both, and that a wrong split fails).
 
 The talker embeds codec ids in the thinker's width and projects every input row with
 `thinker_to_talker_proj` (W, b). Input rows are therefore W @ (codec_embed + thinker part) + b; the

@@ -24,7 +24,7 @@ from pocketomni.weights import (
     read_tensors,
 )
 
-torch = pytest.importorskip("torch")
+import torch
 torch.set_num_threads(1)
 
 FTYPES = {"f32": 0, "f16": 1, "bf16": 32}
@@ -71,7 +71,7 @@ def reference_talker(ckpt_dir: Path):
     return model
 
 
-@pytest.fixture(scope="module", params=["base", "gqa4"])
+@pytest.fixture(scope="module", params=["base", "gqa4", "talker3b"])
 def converted(request, tmp_path_factory):
     from omni_fixtures import build_checkpoint
 
@@ -139,6 +139,23 @@ def test_talker_file_tables_and_hparams(converted):
     assert meta[f"{a}.rope.dimension_sections"] == tk["rope_scaling"]["mrope_section"] + [0]
 
 
+# A 2x3 image-like block (same t, distinct h/w) between text tokens: M-RoPE rows t, h, w.
+GRID_T = np.array([0, 1, 2, 2, 2, 2, 2, 2, 5])
+GRID_H = np.array([0, 1, 2, 2, 2, 3, 3, 3, 5])
+GRID_W = np.array([0, 1, 2, 3, 4, 2, 3, 4, 5])
+
+
+def reference_logits(ref, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Codec logits of the reference talker decoder for input rows x at M-RoPE positions pos (3, n)."""
+    with torch.no_grad():
+        hs = ref.model(
+            inputs_embeds=torch.from_numpy(x)[None],
+            position_ids=torch.from_numpy(pos)[:, None].long(),
+            use_cache=False,
+        ).last_hidden_state
+        return ref.codec_head(hs)[0].numpy()
+
+
 def test_talker_decoder_matches_reference_on_llama_cpp(converted):
     from pocketomni.backend.context import LlamaContext
     from pocketomni.backend.llama import LlamaModel
@@ -146,30 +163,67 @@ def test_talker_decoder_matches_reference_on_llama_cpp(converted):
     ckpt, talker, _ = converted
     ref = reference_talker(ckpt)
     rng = np.random.default_rng(0)
+    t, h, wp = GRID_T, GRID_H, GRID_W
+    n = len(t)
     with LlamaModel(talker, n_threads=1) as m:
         assert m.arch == "paddleocr" and m.uses_mrope and not m.has_vocab and m.n_vocab == 8448
-        n = 9  # a 2x3 image-like block (same t, distinct h/w) between text tokens
-        t = np.array([0, 1, 2, 2, 2, 2, 2, 2, 5])
-        h = np.array([0, 1, 2, 2, 2, 3, 3, 3, 5])
-        wp = np.array([0, 1, 2, 3, 4, 2, 3, 4, 5])
         pos = np.stack([t, h, wp])
         x = rng.standard_normal((n, m.n_embd_inp)).astype(np.float32)
-        with torch.no_grad():
-            hs = ref.model(
-                inputs_embeds=torch.from_numpy(x)[None],
-                position_ids=torch.from_numpy(pos)[:, None].long(),
-                use_cache=False,
-            ).last_hidden_state
-            want = ref.codec_head(hs)[0].numpy()
+        want = reference_logits(ref, x, pos)
         with LlamaContext(m, n_ctx=64, kv_f32=True, n_seq_max=1) as ctx:
             got = ctx.decode(
                 embeddings=x, positions=np.concatenate([pos, np.zeros((1, n), int)]), logits="all"
             ).logits
             ctx.clear()  # the same rows at text positions (t = h = w): the h/w rows must matter
             flat = ctx.decode(embeddings=x, positions=t, logits="all").logits
+            # the width distances tripled (same order, so llama.cpp's 2-D causal mask among the tokens of
+            # one temporal position is unchanged): matters exactly when the width section is not empty
+            ctx.clear()
+            moved = np.stack([t, h, 3 * wp, np.zeros(n, int)])
+            w_moved = ctx.decode(embeddings=x, positions=moved, logits="all").logits
     rel = np.abs(got - want).max() / np.abs(want).max()
     assert rel < 1e-4, rel
     assert np.abs(flat[4] - want[4]).max() > 1e-2 * np.abs(want[4]).max()
+    tk = json.loads((ckpt / "config.json").read_text())["talker_config"]
+    width_section = tk["rope_scaling"]["mrope_section"][2]  # the 3B talker's [16, 16, 0]: none
+    w_rel = np.abs(w_moved - got).max() / np.abs(got).max()
+    # measured: base (2, 3, 3) 2.2e-4, gqa4 (2, 1, 1) 4.9e-5 (the slowest frequencies at rope base 1e6);
+    # exactly 0 when the section is empty
+    assert (w_rel > 1e-5) if width_section else (w_rel == 0.0), (width_section, w_rel)
+
+
+@pytest.mark.parametrize("split", [(4, 2, 2), (2, 3, 3), (4, 3, 1)])
+def test_a_wrong_rope_split_fails_the_parity_check(split, tmp_path):
+    """The tiny 3B-like talker (mrope_section (4, 4, 0), rope base 100) written with the right head size
+    but another split of its 8 rotary frequencies: llama.cpp's logits then leave the reference by over
+    20x the 1e-4 the decoder parity test allows, so that test catches a mis-written split."""
+    import copy
+    import dataclasses
+
+    from omni_fixtures import build_checkpoint
+
+    from pocketomni.backend.context import LlamaContext
+    from pocketomni.backend.llama import LlamaModel
+
+    ckpt = build_checkpoint("talker3b")
+    ck = open_checkpoint(ckpt, need_speech=True)
+    assert ck.config["talker_config"]["rope_scaling"]["mrope_section"] == [4, 4, 0]
+    config = copy.deepcopy(ck.config)
+    config["talker_config"]["rope_scaling"]["mrope_section"] = list(split)
+    path = tmp_path / "talker-wrong-split.gguf"
+    with MappedFiles() as files:
+        plan = talker_plan(dataclasses.replace(ck, config=config), files, "f32", 0, {"name": "talker"})
+        write_gguf(path, plan)
+    assert read_metadata(path)["paddleocr.rope.dimension_sections"] == [*split, 0]
+    ref = reference_talker(ckpt)
+    pos = np.stack([GRID_T, GRID_H, GRID_W])
+    rows = np.concatenate([pos, np.zeros((1, len(GRID_T)), int)])
+    with LlamaModel(path, n_threads=1) as m, LlamaContext(m, n_ctx=64, kv_f32=True, n_seq_max=1) as ctx:
+        x = np.random.default_rng(0).standard_normal((len(GRID_T), m.n_embd_inp)).astype(np.float32)
+        got = ctx.decode(embeddings=x, positions=rows, logits="all").logits
+    want = reference_logits(ref, x, pos)
+    rel = np.abs(got - want).max() / np.abs(want).max()
+    assert rel > 2e-3, rel  # measured: (4, 2, 2) 1.2e-2, (2, 3, 3) 5.2e-2, (4, 3, 1) 6.3e-3
 
 
 @pytest.mark.parametrize("mode", ["f16", "bf16"])

@@ -27,8 +27,8 @@ from pocketomni.errors import OptionsError, PocketOmniError
 from pocketomni.options import SpeechOptions
 from pocketomni.talker import Talker
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import torch
+import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
 torch.set_num_threads(1)
 
 from test_talker_convert import convert_speech  # noqa: E402
@@ -40,7 +40,11 @@ SYSTEM = (
     "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
     "auditory and visual inputs, as well as generating text and speech."
 )
-CASES = [("base", "image", "Chelsie"), ("gqa4", "audio", "Ethan"), ("odd", "text", "Chelsie")]
+# talker3b: the 3B talker's M-RoPE split with an empty width section ([4, 4, 0] here, [16, 16, 0] at 3B),
+# fed an image prompt so the height and width positions differ and a wrong split changes the logits.
+CASES = [("base", "image", "Chelsie"), ("gqa4", "audio", "Ethan"), ("odd", "text", "Chelsie"),
+         ("talker3b", "image", "Ethan")]
+IMAGE_HW = {"talker3b": (112, 168)}  # 4 x 6 merged patches (default 56 x 84: 2 x 3)
 
 
 @dataclass
@@ -70,13 +74,13 @@ class Case:
         )
 
 
-def _inputs(proc, media: str):
+def _inputs(proc, media: str, image_hw: tuple[int, int] = (56, 84)):
     from PIL import Image
 
     rng = np.random.default_rng(7)
     kw = {}
     if media == "image":
-        kw["images"] = [Image.fromarray(rng.integers(0, 255, (56, 84, 3), dtype=np.uint8))]
+        kw["images"] = [Image.fromarray(rng.integers(0, 255, (*image_hw, 3), dtype=np.uint8))]
         user = "<|vision_bos|><|IMAGE|><|vision_eos|>Describe the picture."
     elif media == "audio":
         kw["audio"] = [(0.1 * rng.standard_normal(32000)).astype(np.float32)]
@@ -108,7 +112,7 @@ def _build_case(variant: str, media: str, speaker: str, out) -> Case:
     ckpt = build_checkpoint(variant)
     talker_path, t2w_path = convert_speech(ckpt, out)
     model, proc = load_reference(ckpt), load_processor(ckpt)
-    inputs = dict(_inputs(proc, media))
+    inputs = dict(_inputs(proc, media, IMAGE_HW.get(variant, (56, 84))))
     if "pixel_values" in inputs:
         inputs["thinker_pixel_values"] = inputs.pop("pixel_values")
     seen: dict = {}

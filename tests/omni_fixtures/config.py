@@ -34,7 +34,7 @@ class Variant:
     aud_heads: int = 2
     aud_ffn: int = 64
     aud_layers: int = 2
-    # talker (head_dim * heads need not equal hidden, as in the real 896 / 12 x 128 talker)
+    # talker (head_dim * heads need not equal hidden: the 7B talker is 12 x 128 on 896, the 3B 14 x 64)
     tk_hidden: int = 32
     tk_heads: int = 4
     tk_kv_heads: int = 2
@@ -42,6 +42,7 @@ class Variant:
     tk_intermediate: int = 64
     tk_mrope: tuple[int, int, int] = (2, 3, 3)
     tk_layers: int = 2
+    tk_rope_theta: float = 1000000.0
     # token2wav
     dit_hidden: int = 64
     dit_heads: int = 4
@@ -81,6 +82,15 @@ VARIANT_SPECS: dict[str, Variant] = {
         tk_hidden=40, tk_heads=5, tk_kv_heads=5, tk_head_dim=8, tk_intermediate=80, tk_mrope=(1, 1, 2),
         dit_hidden=80, dit_heads=5, dit_head_dim=16, dit_layers=2, dit_look_ahead=(1,), dit_look_backward=(0,),
         bigvgan_channels=64,
+    ),
+    # The real 3B talker's traits at tiny size: M-RoPE (4, 4, 0) with an empty width section (the 3B's
+    # [16, 16, 0]), GQA 7 (its 14 / 2 heads), 3 layers; attention 7 x 16 = 112 wide on a 96 hidden state.
+    # Rope base 100 instead of 1e6: with 8 frequencies per head the height section's would otherwise
+    # turn by under 1e-3 rad per position, too little for a wrong split to show in the logits.
+    "talker3b": Variant(
+        name="talker3b", seed=4, hidden=64, heads=4, kv_heads=2, intermediate=128, mrope=(2, 3, 3),
+        tk_hidden=96, tk_heads=7, tk_kv_heads=1, tk_head_dim=16, tk_intermediate=208, tk_mrope=(4, 4, 0),
+        tk_layers=3, tk_rope_theta=100.0,
     ),
 }
 VARIANTS: tuple[str, ...] = tuple(VARIANT_SPECS)
@@ -151,7 +161,7 @@ def hub_config(v: Variant) -> dict:
         "max_position_embeddings": 32768, "max_window_layers": 28,
         "num_attention_heads": v.tk_heads, "num_hidden_layers": v.tk_layers,
         "num_key_value_heads": v.tk_kv_heads, "position_id_per_seconds": 25, "rms_norm_eps": 1e-06,
-        "rope_scaling": rope(v.tk_mrope), "rope_theta": 1000000.0, "seconds_per_chunk": 2,
+        "rope_scaling": rope(v.tk_mrope), "rope_theta": v.tk_rope_theta, "seconds_per_chunk": 2,
         "sliding_window": 32768, "spatial_merge_size": 2, "torch_dtype": "bfloat16",
         "tts_codec_end_token_id": 8294, "tts_codec_mask_token_id": 8296, "tts_codec_pad_token_id": 8292,
         "tts_codec_start_token_id": 8293, "tts_text_end_token_id": 151861, "tts_text_pad_token_id": 151859,
