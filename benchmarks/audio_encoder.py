@@ -18,8 +18,9 @@ import time
 import tracemalloc
 
 import numpy as np
-from pocketomni.audio_encoder import AudioEncoder, AudioEncoderConfig, audio_tower_names
-from pocketomni.audio_features import SAMPLE_RATE, log_mel, n_audio_tokens
+
+from pocketomni.audio.features import SAMPLE_RATE, log_mel, n_audio_tokens
+from pocketomni.audio.tower import AudioEncoder, AudioEncoderConfig, audio_tower_names
 
 SHAPES = {
     "tiny": AudioEncoderConfig(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,

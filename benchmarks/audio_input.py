@@ -5,7 +5,7 @@
 
 For each clip length: the time from 16 kHz samples to the thinker's audio embedding rows, and the audio
 tokens the thinker must then prefill, for
-- ours: the SDK's exact path (`pocketomni.encoders.load_audio_encoder` on the mmproj + whole-clip log-mel
+- ours: the SDK's exact path (`pocketomni.engine.encoders.load_audio_encoder` on the mmproj + whole-clip log-mel
   + 2 s windows, numpy), as `MediaEncoders` runs it;
 - stock: libmtmd's own audio path (`MtmdContext.encode_audio`: mtmd's log-mel, 30 s windows, ggml).
 Each path runs in its own process: its baseline RSS is taken before the encoder is loaded (for stock,
@@ -89,8 +89,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         def encode(x: np.ndarray) -> int:
             return mtmd.encode_audio(x).n_tokens
     else:
-        from pocketomni.audio_features import log_mel_segments
-        from pocketomni.encoders import load_audio_encoder
+        from pocketomni.audio.features import log_mel_segments
+        from pocketomni.engine.encoders import load_audio_encoder
 
         base = _status_mb("VmRSS")
         t0 = time.perf_counter()
@@ -139,6 +139,7 @@ def tiny_folder(work: Path) -> Path:
     """The "base" test fixture converted to f32 (thinker + mmproj)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from omni_fixtures import build_checkpoint
+
     from pocketomni.convert import convert_checkpoint
 
     out = work / "tiny-base-f32"

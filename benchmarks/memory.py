@@ -219,8 +219,8 @@ class LlamaLog(logging.Handler):
 def run(folder: Path, label: str, threads: int, n_ctx: int | None, tokens: int, codes: int,
         no_repack: bool = False) -> dict:
     import pocketomni as po
-    from pocketomni.speech import SpeechEngine
-    from pocketomni.talker import Talker
+    from pocketomni.engine.speech import SpeechEngine
+    from pocketomni.engine.talker import Talker
     from pocketomni.token2wav.streaming import SpeechStream
 
     if no_repack:  # llama.cpp's CPU_REPACK buffers hold a second, re-laid-out copy of quantized weights
@@ -413,7 +413,7 @@ def main() -> None:
         if not (a.tiny or a.folder):
             ap.error("pass --tiny or --folder DIR")
         if a.tiny:
-            from pocketomni.demo import ensure_demo_model
+            from pocketomni.cli.demo import ensure_demo_model
 
             folder = ensure_demo_model(progress=False)
         else:

@@ -34,6 +34,7 @@ PROMPT = ("Here is a short passage about sailing boats, harbours and the weather
 def build_synthetic(src: Path, dst: Path, shape: str) -> Path:
     """A random-weight qwen2vl GGUF at `shape` with `src`'s tokenizer and chat template, quantized q4_k_m."""
     import gguf
+
     from pocketomni.convert.quantize import llama_quantize
 
     if dst.is_file():
@@ -175,6 +176,7 @@ def main() -> int:
         ap.error("pass a GGUF or --synthetic")
 
     import llama_cpp
+
     import pocketomni as po
 
     omni = po.Omni.load_sync(path, n_ctx=2048, n_threads=args.threads)

@@ -68,6 +68,7 @@ def gemm_gflops() -> float:
 
 def bench_talker(omni, threads: int, n_codes: int, n_prompt: int, repeats: int) -> dict:
     import llama_cpp
+
     from pocketomni.options import SpeechOptions
 
     engine = omni._speech_engine()
@@ -127,6 +128,7 @@ def torch_token2wav(weights):
 
 def torch_render(model, codes, spk, noise, preset: str) -> np.ndarray:
     import torch
+
     from pocketomni.token2wav.solver import time_points
 
     code = torch.from_numpy(np.asarray(codes, np.int64))[None]
@@ -164,7 +166,8 @@ def bench_token2wav(omni, threads: int, n_codes: int, repeats: int, presets: lis
     """numpy one-shot (and streamed, unless streamed_too=False) vs the PyTorch reference per preset;
     `model`: an already built `torch_token2wav` (built here when None)."""
     import torch
-    from pocketomni.weights import load_token2wav
+
+    from pocketomni.engine.weights import load_token2wav
 
     torch.set_num_threads(threads)
     engine = omni._speech_engine()

@@ -64,9 +64,10 @@ ROWS = ["thinker prefill", "thinker decode", "decode vs bandwidth roofline", "im
 def run_suite(folder: Path, shape: str, plan_name: str, threads: int, parts: list[str],
               results: Path = RESULTS) -> dict[str, Any]:
     """Run the sections `parts` on `folder`; writes `results`/suite-<shape>.json after each one."""
-    import pocketomni as po
     import speech as sb
-    from pocketomni.model_folder import ModelFolder
+
+    import pocketomni as po
+    from pocketomni.engine.model_folder import ModelFolder
 
     plan = PLANS[plan_name]
     t_start = time.perf_counter()
@@ -147,7 +148,7 @@ def run_from_args(a: argparse.Namespace) -> int:
         if not (a.tiny or a.folder):
             raise SystemExit("pass --tiny or --folder DIR")
         if a.tiny:
-            from pocketomni.demo import ensure_demo_model
+            from pocketomni.cli.demo import ensure_demo_model
 
             folder = ensure_demo_model(progress=False)
         else:

@@ -79,7 +79,7 @@ def write_images(work: Path) -> dict[str, Path]:
 
 
 def bench_images(omni: Any, raw: RawLlama, plan: dict, threads: int, work: Path) -> dict[str, Any]:
-    from pocketomni.conversation import media_part
+    from pocketomni.chat.conversation import media_part
 
     media = omni._media
     kw = media._mtmd_kw

@@ -64,7 +64,8 @@ def flop_count(model: Any, engine: Any, n_codes: int, preset: str, results: Path
 def bench_speech(omni: Any, plan: dict, threads: int, gflops: float, results: Path) -> dict[str, Any]:
     """Talker, token2wav per preset (FLOP counts cached in `results`) and a spoken turn."""
     import speech as sb
-    from pocketomni.weights import load_token2wav
+
+    from pocketomni.engine.weights import load_token2wav
 
     out: dict[str, Any] = {}
     sb.WARMUP = True

@@ -88,8 +88,9 @@ def sdk_generate(omni: Any, n: int) -> tuple[tuple[float, float, float, float], 
     """One SDK text turn; (TTFT, nan, decode tok/s, nan) from the turn's own Timings: its first token is
     timed when sampled, like the raw loop's (the first TextDelta can come later: a token may be part of
     a character), decode = steps after the first token over their time. CPU time cannot be split here."""
-    import pocketomni as po
     import sdk_vs_llama as svl
+
+    import pocketomni as po
 
     chat = omni.chat(max_tokens=n)
     done = next(e for e in chat.send_sync(svl.PROMPT) if isinstance(e, po.Done))

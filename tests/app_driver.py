@@ -33,9 +33,10 @@ for _p in (str(ROOT / "tests"), str(APP_DIR)):
         sys.path.insert(0, _p)
 
 import numpy as np
-import pocketomni as po
 from audio_env import MIC, MIC_SINK, SPEAKER_MONITOR, Parec, espeak, pacat_play, silence
-from pocketomni.voice import BargeIn, ReplyDone, UserSpeaking, UserTurn
+
+import pocketomni as po
+from pocketomni.voice.session import BargeIn, ReplyDone, UserSpeaking, UserTurn
 
 QUESTION = "What can you see in the kitchen? Please describe it."
 QUESTION_2 = "And what colour is it?"
@@ -89,7 +90,7 @@ def _record(what: str) -> None:
 
 def _instrument() -> None:
     """Wrap the model's load and turn functions to record the thread they run on."""
-    import pocketomni.chat as chat_mod
+    import pocketomni.chat.chat as chat_mod
     import pocketomni.omni as omni_mod
 
     orig_init, orig_run = omni_mod.Omni.__init__, chat_mod.Chat._run

@@ -53,8 +53,9 @@ def _convert_cached(checkpoint: Path, quant: str, mmproj_quant: str) -> Path:
     import shutil
     import time
 
-    import pocketomni.convert as conv
     from omni_fixtures import cache_root
+
+    import pocketomni.convert as conv
     from pocketomni.convert.pipeline import convert_checkpoint
 
     h = hashlib.sha256(f"{checkpoint.resolve()}|{quant}|{mmproj_quant}".encode())

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import torch
-import transformers
-
 from transformers import WhisperFeatureExtractor  # noqa: E402
 from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (  # noqa: E402
     _get_feat_extract_output_lengths,
 )
 
-from pocketomni.audio_features import (  # noqa: E402
+from pocketomni.audio.features import (
     MAX_SAMPLES,
     log_mel,
     log_mel_segments,

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import torch
-import transformers
-
 from transformers import WhisperFeatureExtractor  # noqa: E402
 from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import (  # noqa: E402
     Qwen2_5OmniAudioEncoderConfig,
@@ -17,8 +14,8 @@ from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (  # noqa: 
     _get_feat_extract_output_lengths,
 )
 
-from pocketomni.audio_encoder import AudioEncoder, AudioEncoderConfig, audio_tower_names  # noqa: E402
-from pocketomni.audio_features import log_mel_segments, split_segments  # noqa: E402
+from pocketomni.audio.features import log_mel_segments, split_segments  # noqa: E402
+from pocketomni.audio.tower import AudioEncoder, AudioEncoderConfig, audio_tower_names  # noqa: E402
 from pocketomni.errors import MediaError, ModelFileError  # noqa: E402
 
 SR = 16000

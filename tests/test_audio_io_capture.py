@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from audio_env import MIC, align, audio_devices, espeak, pacat_play, silence, tone  # noqa: F401
 
-from pocketomni.audio_io import INPUT_RATE, Recorder
+from pocketomni.audio.io import INPUT_RATE, Recorder
 
 R = INPUT_RATE
 PHRASE = "Please tell me what is on the table in front of me."

@@ -13,7 +13,7 @@ from pocketomni.errors import OptionsError
 
 
 def test_virtual_devices_are_listed_and_resolved(audio_devices: None) -> None:  # noqa: F811
-    from pocketomni.audio_io import find_device, has_input_device, has_output_device, list_devices
+    from pocketomni.audio.io import find_device, has_input_device, has_output_device, list_devices
 
     devs = {d.name: d for d in list_devices()}
     assert SPEAKER in devs and MIC in devs, f"PortAudio sees {sorted(devs)}"

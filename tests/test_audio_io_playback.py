@@ -20,7 +20,7 @@ from audio_env import (  # noqa: F401  (audio_devices is a fixture)
     tone,
 )
 
-from pocketomni.audio_io import OUTPUT_RATE, Player
+from pocketomni.audio.io import OUTPUT_RATE, Player
 
 R = OUTPUT_RATE
 PHRASE = "Turn left at the next door, then walk three steps."

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pocketomni.audio_io import StreamResampler
+from pocketomni.audio.io import StreamResampler
 from pocketomni.media.audio import resample
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_backend_tinymodel import TinySpec, build_tiny_gguf, quantize_gguf, tiny_weights
+
 from pocketomni.backend.context import DecodeInterrupted, LlamaContext
 from pocketomni.backend.llama import LlamaModel
 from pocketomni.errors import ContextOverflowError, ModelFileError
-from test_backend_tinymodel import TinySpec, build_tiny_gguf, quantize_gguf, tiny_weights
 
 SPEC = TinySpec()
 

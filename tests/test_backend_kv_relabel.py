@@ -3,7 +3,7 @@
 A video with its sound track has positions that go back in time (per 2 s chunk: frames at t = s, s + 25,
 then audio at t = s .. s + 49) and shared bos/eos positions. The reference attends by sequence order;
 llama.cpp masks by stored position and refuses a batch starting below the cached maximum. These tests
-decode such a prompt (random embedding rows, the real layout from pocketomni.positions) and compare
+decode such a prompt (random embedding rows, the real layout from pocketomni.engine.positions) and compare
 with the transformers thinker fed the same embeddings and position ids:
 
 - with `decode_in_order` (runs + clamp) the logits and every row's hidden state match;
@@ -15,24 +15,23 @@ with the transformers thinker fed the same embeddings and position ids:
 
 from __future__ import annotations
 
+import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
 import numpy as np
 import pytest
-
 import torch
 import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
-import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
+from test_parity_media_stock import RTOL, reference, relative_gap
 
 from pocketomni.backend import LlamaContext, LlamaModel
 from pocketomni.backend.kv_state import cell_positions, clamp_cell_positions, set_cell_t
-from pocketomni.positions import (
+from pocketomni.engine.positions import (
     KIND_TEXT,
     TextSegment,
     VideoSegment,
     build_prompt,
     position_order_is_causal,
 )
-from pocketomni.video_input import causal_runs, decode_in_order
-from test_parity_media_stock import RTOL, reference, relative_gap
+from pocketomni.engine.video_input import causal_runs, decode_in_order
 
 torch.set_num_threads(1)
 

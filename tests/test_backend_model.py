@@ -8,10 +8,6 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from pocketomni.backend.context import LlamaContext
-from pocketomni.backend.gguf_file import EmbeddingRows, GGUFFile
-from pocketomni.backend.llama import LlamaModel
-from pocketomni.errors import ModelFileError, PocketOmniError
 from test_backend_tinymodel import (
     CHAT_TEMPLATE,
     TinySpec,
@@ -20,6 +16,11 @@ from test_backend_tinymodel import (
     tiny_weights,
     token_id,
 )
+
+from pocketomni.backend.context import LlamaContext
+from pocketomni.backend.gguf_file import EmbeddingRows, GGUFFile
+from pocketomni.backend.llama import LlamaModel
+from pocketomni.errors import ModelFileError, PocketOmniError
 
 
 @pytest.fixture(scope="module")

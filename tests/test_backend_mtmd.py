@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_backend_tinymodel import TinySpec, build_tiny_gguf, converted_tiny
+
 from pocketomni.backend.context import LlamaContext
 from pocketomni.backend.llama import LlamaModel
 from pocketomni.backend.mtmd import MtmdContext
 from pocketomni.errors import MediaError, ModelFileError, PocketOmniError
-from test_backend_tinymodel import TinySpec, build_tiny_gguf, converted_tiny
 
 
 @pytest.fixture(scope="module")

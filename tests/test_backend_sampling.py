@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from pocketomni.backend.sampling import (
     SamplingParams,
     apply_repetition_penalty,

@@ -72,7 +72,7 @@ def test_suite_plot_written(results: Path) -> None:
 
 def test_cli_bench_rebuilds_report(results: Path) -> None:
     (results / "suite.md").unlink()
-    res = subprocess.run([sys.executable, "-m", "pocketomni.cli", "bench", "--report", "--out", str(results)],
+    res = subprocess.run([sys.executable, "-m", "pocketomni.cli.main", "bench", "--report", "--out", str(results)],
                          capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "| thinker decode |" in (results / "suite.md").read_text()

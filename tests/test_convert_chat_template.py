@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 from omni_fixtures import load_processor
+
 from pocketomni.backend import LlamaModel
-from pocketomni.conversation import ChatTemplate, parse_messages
+from pocketomni.chat.conversation import ChatTemplate, parse_messages
 
 CONVERSATIONS = {
     "text": [{"role": "user", "content": [{"type": "text", "text": "Hello, who are you?"}]}],

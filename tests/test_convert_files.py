@@ -15,10 +15,9 @@ import tempfile
 from pathlib import Path
 
 import gguf
+import llama_cpp
 import numpy as np
 import pytest
-
-import llama_cpp
 from llama_cpp import mtmd_cpp
 
 _ROOT = Path(tempfile.mkdtemp(prefix="pocketomni-convert-tests-"))
@@ -29,6 +28,7 @@ atexit.register(shutil.rmtree, _ROOT, True)
 def converted(variant: str, quant: str = "f32", mmproj_quant: str = "f32") -> Path:
     """Output folder of `pocketomni convert` on tiny fixture `variant` (once per session)."""
     from omni_fixtures import build_checkpoint
+
     from pocketomni.convert import convert_checkpoint
 
     out = _ROOT / f"{variant}-{quant}-{mmproj_quant}"

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import gguf
+import llama_cpp
 import pytest
 from test_convert_files import converted
 
-import llama_cpp
 TT = gguf.TokenType
 
 

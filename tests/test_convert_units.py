@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as QT
+from safetensors.torch import save_file
+
 from pocketomni.convert.mmproj import sinusoid_positions
 from pocketomni.convert.safetensors import MappedFiles, iter_rows_f32, read_f32, read_header
 from pocketomni.convert.writer import (
@@ -19,7 +21,6 @@ from pocketomni.convert.writer import (
     one_block,
     write_gguf,
 )
-from safetensors.torch import save_file
 
 
 def _tensors() -> dict[str, torch.Tensor]:

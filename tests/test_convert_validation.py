@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pocketomni.cli import main
+
+from pocketomni.cli.main import main
 from pocketomni.convert import convert_checkpoint
 from pocketomni.errors import ConversionError
 

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_backend_tinymodel import TinySpec, build_tiny_gguf, quantize_gguf
+
 from pocketomni.backend import cpu_guard
 from pocketomni.backend.context import LlamaContext
 from pocketomni.backend.cpu_guard import CpuFeatures, decide, override_pattern, parse_cpuinfo, repack_weights
 from pocketomni.backend.llama import LlamaModel
 from pocketomni.errors import OptionsError
-from test_backend_tinymodel import TinySpec, build_tiny_gguf, quantize_gguf
 
 INTEL_AMX = """processor\t: 0
 vendor_id\t: GenuineIntel

@@ -6,12 +6,12 @@ import json
 import wave
 from pathlib import Path
 
+import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
 import numpy as np
 import pytest
-from pocketomni.cli import main
-from pocketomni.demo import SCRIPT, STAMP, demo_audio, demo_image, ensure_demo_model
 
-import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
+from pocketomni.cli.demo import SCRIPT, STAMP, demo_audio, demo_image, ensure_demo_model
+from pocketomni.cli.main import main
 
 
 @pytest.fixture

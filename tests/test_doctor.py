@@ -11,14 +11,13 @@ import re
 import subprocess
 from pathlib import Path
 
+import llama_cpp  # hard dependency: fail loudly if missing
 import numpy as np
 import pytest
-from pocketomni import doctor
-from pocketomni.backend.cpu_guard import current_decision
-from pocketomni.cli import main
-from pocketomni.doctor import DEMO_STAGE, DEMO_TIMEOUT, SMOKE_STAGES, run_stage
 
-import llama_cpp  # hard dependency: fail loudly if missing
+from pocketomni.backend.cpu_guard import current_decision
+from pocketomni.cli.doctor import DEMO_STAGE, DEMO_TIMEOUT, SMOKE_STAGES, run_stage
+from pocketomni.cli.main import doctor, main
 
 SECTIONS = ["system", "cpu", "llama.cpp", "guard", "numpy", "audio", "memory"]
 

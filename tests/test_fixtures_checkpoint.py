@@ -8,9 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import torch
-
 from omni_fixtures import VARIANTS, build_checkpoint, load_processor, load_reference  # noqa: E402
 from omni_fixtures.config import VARIANT_SPECS  # noqa: E402
 from omni_fixtures.corpus import CORPUS  # noqa: E402

@@ -9,6 +9,8 @@ import wave
 
 import numpy as np
 import pytest
+
+from pocketomni.engine.positions import audio_tokens_from_samples
 from pocketomni.errors import FeatureUnavailableError, MediaError, PocketOmniError
 from pocketomni.media.audio import (
     MAX_SECONDS,
@@ -19,7 +21,6 @@ from pocketomni.media.audio import (
     prepare_audio,
     resample,
 )
-from pocketomni.positions import audio_tokens_from_samples
 
 
 def _wav_int(samples: np.ndarray, rate: int, width: int) -> bytes:

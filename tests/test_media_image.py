@@ -10,14 +10,9 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
+
 from pocketomni.errors import MediaError, PocketOmniError
-from pocketomni.media.image import (
-    ImageConfig,
-    image_patches,
-    load_image,
-    prepare_image,
-    smart_resize,
-)
+from pocketomni.media.image import ImageConfig, image_patches, load_image, prepare_image, smart_resize
 
 
 def _png_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -7,16 +7,11 @@ import sys
 
 import numpy as np
 import pytest
-from pocketomni.errors import FeatureUnavailableError, MediaError
-from pocketomni.media.video import (
-    VideoConfig,
-    frame_size,
-    prepare_video,
-    sample_indices,
-    smart_nframes,
-)
-from pocketomni.positions import KIND_AUDIO, KIND_VIDEO, TextSegment, build_prompt
 from video_files import write_clip
+
+from pocketomni.engine.positions import KIND_AUDIO, KIND_VIDEO, TextSegment, build_prompt
+from pocketomni.errors import FeatureUnavailableError, MediaError
+from pocketomni.media.video import VideoConfig, frame_size, prepare_video, sample_indices, smart_nframes
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,9 @@ text and audio turns (our exact audio encoder) never pay for it."""
 from __future__ import annotations
 
 import numpy as np
-import pocketomni as po
 import pytest
+
+import pocketomni as po
 
 
 def _run(chat, *args, **kw) -> po.Done:

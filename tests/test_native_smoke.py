@@ -1,4 +1,4 @@
-"""Each native stage runs in a child process (`pocketomni.doctor.run_stage`), so a crash in native code
+"""Each native stage runs in a child process (`pocketomni.cli.doctor.run_stage`), so a crash in native code
 (a SIGSEGV in a llama.cpp kernel, as with the AMX kernels of llama.cpp issue 20824) is a named failing
 test with its signal and the child's stderr, and the rest of the suite still runs.
 
@@ -17,10 +17,10 @@ import os
 import signal
 from pathlib import Path
 
-import pytest
-from pocketomni.doctor import CRASH_STAGE, DEMO_STAGE, DEMO_TIMEOUT, SMOKE_STAGES, StageResult, run_stage
-
 import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
+import pytest
+
+from pocketomni.cli.doctor import CRASH_STAGE, DEMO_STAGE, DEMO_TIMEOUT, SMOKE_STAGES, StageResult, run_stage
 
 THREADS = 1  # the test machines are small and shared
 

@@ -11,7 +11,7 @@ import pytest
 HEAVY = ("torch", "transformers", "kivy")
 
 
-@pytest.mark.parametrize("module", ["pocketomni", "pocketomni.convert", "pocketomni.cli"])
+@pytest.mark.parametrize("module", ["pocketomni", "pocketomni.convert", "pocketomni.cli.main"])
 def test_import_pulls_no_reference_or_ui_packages(module: str) -> None:
     code = (
         f"import json, sys; import {module}; "

@@ -17,21 +17,11 @@ boundary stock mtmd pads to):
 
 from __future__ import annotations
 
+import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
 import numpy as np
 import pytest
-
 import torch
 import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
-import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
-
-import pocketomni as po
-from pocketomni.audio_features import log_mel_segments
-from pocketomni.backend import LlamaContext, LlamaModel
-from pocketomni.conversation import media_part
-from pocketomni.encoders import MediaEncoders, load_audio_encoder
-from pocketomni.model_folder import ModelFolder
-from pocketomni.positions import KIND_AUDIO, AudioSegment, audio_tokens_from_samples
-from pocketomni.thinker import ContextSettings, Thinker
 from test_parity_media_stock import (
     AUDIO_TEXT,
     IDS,
@@ -44,6 +34,15 @@ from test_parity_media_stock import (
     reference_prompt,
     relative_gap,
 )
+
+import pocketomni as po
+from pocketomni.audio.features import log_mel_segments
+from pocketomni.backend import LlamaContext, LlamaModel
+from pocketomni.chat.conversation import media_part
+from pocketomni.engine.encoders import MediaEncoders, load_audio_encoder
+from pocketomni.engine.model_folder import ModelFolder
+from pocketomni.engine.positions import KIND_AUDIO, AudioSegment, audio_tokens_from_samples
+from pocketomni.engine.thinker import ContextSettings, Thinker
 
 torch.set_num_threads(1)
 

@@ -26,17 +26,23 @@ from __future__ import annotations
 
 import functools
 
+import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
 import numpy as np
 import pytest
-
 import torch
 import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
-import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
-
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from omni_fixtures import build_checkpoint, load_processor, load_reference
+
 from pocketomni.backend import LlamaContext, LlamaModel, MtmdContext
-from pocketomni.positions import KIND_IMAGE, ImageSegment, PromptLayout, TextSegment, TokenIds, build_prompt
+from pocketomni.engine.positions import (
+    KIND_IMAGE,
+    ImageSegment,
+    PromptLayout,
+    TextSegment,
+    TokenIds,
+    build_prompt,
+)
 
 torch.set_num_threads(1)
 

@@ -1,6 +1,6 @@
 """Video parity (issue 5): frames through mtmd in temporal pairs, the sound track through our exact audio
 encoder, interleaved per 2 s chunk with TMRoPE positions and decoded in sequence order
-(pocketomni.video_input), against transformers with use_audio_in_video=True (and without sound).
+(pocketomni.engine.video_input), against transformers with use_audio_in_video=True (and without sound).
 
 The reference's video processor needs torchvision (absent), so its inputs are built here in numpy the
 way that processor lays them out: pixel_values_videos = rescaled, normalised frames cut into
@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import functools
 
+import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
 import numpy as np
 import pytest
-
 import torch
 import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
-import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
+from test_parity_media_stock import RTOL, SAMPLE_RATE, audio_clip, reference, relative_gap
+from test_positions_processor import _processor_video_text
 
 import pocketomni as po
 from pocketomni.backend import LlamaModel, MtmdContext
-from pocketomni.conversation import media_part
-from pocketomni.encoders import MediaEncoders
-from pocketomni.model_folder import ModelFolder
-from pocketomni.positions import KIND_AUDIO, KIND_VIDEO, TextSegment, VideoSegment, build_prompt
-from pocketomni.thinker import ContextSettings, Thinker
-from test_parity_media_stock import RTOL, SAMPLE_RATE, audio_clip, reference, relative_gap
-from test_positions_processor import _processor_video_text
+from pocketomni.chat.conversation import media_part
+from pocketomni.engine.encoders import MediaEncoders
+from pocketomni.engine.model_folder import ModelFolder
+from pocketomni.engine.positions import KIND_AUDIO, KIND_VIDEO, TextSegment, VideoSegment, build_prompt
+from pocketomni.engine.thinker import ContextSettings, Thinker
 
 torch.set_num_threads(1)
 

@@ -12,14 +12,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 import torch
 import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
-
 from omni_fixtures import build_checkpoint, load_processor
-from pocketomni.media.audio import prepare_audio
-from pocketomni.media.image import prepare_image
-from pocketomni.positions import (
+
+from pocketomni.engine.positions import (
     AudioSegment,
     ImageSegment,
     TextSegment,
@@ -28,6 +25,8 @@ from pocketomni.positions import (
     build_prompt,
     text_positions,
 )
+from pocketomni.media.audio import prepare_audio
+from pocketomni.media.image import prepare_image
 
 torch.set_num_threads(1)
 

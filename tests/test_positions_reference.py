@@ -1,14 +1,13 @@
-"""TMRoPE positions of pocketomni.positions vs the reference get_rope_index (exact equality)."""
+"""TMRoPE positions of pocketomni.engine.positions vs the reference get_rope_index (exact equality)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import torch
 import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
 
-from pocketomni.positions import (
+from pocketomni.engine.positions import (
     KIND_AUDIO,
     KIND_IMAGE,
     KIND_TEXT,

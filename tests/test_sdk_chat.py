@@ -10,8 +10,9 @@ import threading
 import wave
 
 import numpy as np
-import pocketomni as po
 import pytest
+
+import pocketomni as po
 from pocketomni.backend import LlamaContext
 
 

@@ -7,7 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-from pocketomni.cli import main
+
+from pocketomni.cli.main import main
 
 
 def _files(tmp_path):

@@ -7,8 +7,9 @@ import base64
 import numpy as np
 import pytest
 from omni_fixtures.tokenizer import CHAT_TEMPLATE
-from pocketomni.chat import StopScanner
-from pocketomni.conversation import (
+
+from pocketomni.chat.chat import StopScanner
+from pocketomni.chat.conversation import (
     AUDIO_PLACEHOLDER,
     IMAGE_PLACEHOLDER,
     ChatTemplate,

@@ -9,8 +9,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pocketomni as po
 import pytest
+
+import pocketomni as po
 
 
 def _png_header_only(path: Path, w: int, h: int) -> Path:

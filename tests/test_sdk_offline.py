@@ -6,8 +6,9 @@ import asyncio
 import socket
 
 import numpy as np
-import pocketomni as po
 import pytest
+
+import pocketomni as po
 
 
 class NetworkUsed(AssertionError):

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import torch
 import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
+from omni_fixtures import build_checkpoint, load_processor, load_reference
 
 import pocketomni as po
-from omni_fixtures import build_checkpoint, load_processor, load_reference
 
 torch.set_num_threads(1)
 

@@ -4,16 +4,14 @@ hidden state H (float16), compared with the reference thinker; E rows are the in
 from __future__ import annotations
 
 import numpy as np
-import pytest
-
 import torch
 import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
+from omni_fixtures import build_checkpoint, load_processor, load_reference
 
 import pocketomni as po
-from omni_fixtures import build_checkpoint, load_processor, load_reference
-from pocketomni.chat import Chat
-from pocketomni.positions import KIND_AUDIO, KIND_IMAGE, KIND_TEXT
-from pocketomni.speech import SpeechSettings
+from pocketomni.chat.chat import Chat
+from pocketomni.engine.positions import KIND_AUDIO, KIND_IMAGE, KIND_TEXT
+from pocketomni.engine.speech import SpeechSettings
 
 torch.set_num_threads(1)
 

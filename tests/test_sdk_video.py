@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 
+import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
 import numpy as np
 import pytest
 from video_files import write_clip
 
-import llama_cpp  # noqa: F401  (hard dependency: fail loudly if missing)
-
 import pocketomni as po
+from pocketomni.engine.positions import KIND_AUDIO, KIND_VIDEO, TokenIds
+from pocketomni.engine.video_input import overflow_advice, video_cost
 from pocketomni.errors import ContextOverflowError, MediaError, OptionsError
 from pocketomni.media.video import VideoConfig, prepare_video
-from pocketomni.positions import KIND_AUDIO, KIND_VIDEO, TokenIds
-from pocketomni.video_input import overflow_advice, video_cost
 
 IDS = TokenIds()
 RATE = 16000

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pocketomni.convert.speakers import read_speakers
 from pocketomni.errors import ConversionError
-
-import torch
 
 
 def _same(ours: dict, ref: dict) -> None:

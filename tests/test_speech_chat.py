@@ -8,9 +8,10 @@ import asyncio
 import warnings
 
 import numpy as np
-import pocketomni as po
 import pytest
-from pocketomni.speech import FEED_CODES, SPEECH_SYSTEM_PROMPT
+
+import pocketomni as po
+from pocketomni.engine.speech import FEED_CODES, SPEECH_SYSTEM_PROMPT
 
 SEED = 77
 

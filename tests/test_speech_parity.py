@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import torch
 import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
-
-import pocketomni as po
 from omni_fixtures import build_checkpoint, load_processor, load_reference
-from pocketomni.speech import SPEECH_SYSTEM_PROMPT
-from pocketomni.token2wav import NoiseSource
 from test_talker_parity import _keep_mask
 from test_token2wav_bigvgan import snr_db
+
+import pocketomni as po
+from pocketomni.engine.speech import SPEECH_SYSTEM_PROMPT
+from pocketomni.token2wav import NoiseSource
 
 torch.set_num_threads(1)
 

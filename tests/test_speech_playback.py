@@ -11,10 +11,11 @@ import itertools
 import time
 
 import numpy as np
-import pocketomni as po
 import pytest
 from audio_env import SPEAKER, SPEAKER_MONITOR, Parec, align, audio_devices  # noqa: F401
-from pocketomni.audio_io import Player
+
+import pocketomni as po
+from pocketomni.audio.io import Player
 
 R = 24000
 

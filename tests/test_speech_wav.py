@@ -6,9 +6,10 @@ import time
 import wave
 
 import numpy as np
-import pocketomni as po
 import pytest
-from pocketomni.cli import main
+
+import pocketomni as po
+from pocketomni.cli.main import main
 from pocketomni.media.audio import decode_audio
 
 

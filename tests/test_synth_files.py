@@ -8,13 +8,13 @@ import json
 import math
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 import pytest
-from pocketomni.cli import main
+
+from pocketomni.cli.main import main
 from pocketomni.convert.synth import CHUNK, noise_codes, synth_model, tensor_rows, unit_noise
 from pocketomni.errors import ConversionError
-
-import llama_cpp
 
 NUM_RANKS = 151643  # BPE tokens; the thinker's head rows above are zero
 DIT_CODES = 8194  # the talker's head rows above (stop codes included) are zero
@@ -93,8 +93,8 @@ def test_talker_decodes_embeddings_to_dit_codes(tiny: Path) -> None:
 
 
 def test_token2wav_renders_speech(tiny: Path) -> None:
+    from pocketomni.engine.weights import load_token2wav
     from pocketomni.token2wav import Token2Wav
-    from pocketomni.weights import load_token2wav
 
     w = load_token2wav(_files(tiny)["token2wav"])
     assert sorted(w.speakers) == ["Chelsie", "Ethan"] and w.speakers["Ethan"].bos_token == 151872

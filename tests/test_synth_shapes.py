@@ -10,15 +10,14 @@ import json
 import math
 
 import pytest
+import torch
+
 from pocketomni.convert.checkpoint import check_shapes
 from pocketomni.convert.mmproj import mmproj_expected
 from pocketomni.convert.synth import synthetic_checkpoint
 from pocketomni.convert.synth_shapes import PRESETS, checkpoint_shapes, parameter_count, preset_config
 from pocketomni.convert.talker import talker_expected
 from pocketomni.convert.thinker import thinker_names
-
-import torch
-import transformers
 
 # transformers 5 nests the thinker's parts under `thinker.model.`; checkpoints (and save_pretrained) use
 # the hub names below (confirmed by test_names_match_a_saved_checkpoint).
@@ -124,7 +123,7 @@ def test_talker_gguf_plan_takes_every_size_from_config(tmp_path) -> None:
     from pocketomni.convert.synth import SyntheticFiles
     from pocketomni.convert.talker import talker_plan
     from pocketomni.convert.writer import GGUFPlan, write_gguf
-    from pocketomni.weights import read_metadata
+    from pocketomni.engine.weights import read_metadata
 
     want = {
         "3b": dict(hidden=896, heads=14, kv=2, head_dim=64, ffn=4864, sections=[16, 16, 0, 0],

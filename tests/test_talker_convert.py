@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pocketomni.convert.checkpoint import check_shapes, open_checkpoint
 from pocketomni.convert.safetensors import MappedFiles
@@ -15,7 +16,7 @@ from pocketomni.convert.speakers import read_speakers
 from pocketomni.convert.talker import talker_expected, talker_plan
 from pocketomni.convert.token2wav import token2wav_plan
 from pocketomni.convert.writer import write_gguf
-from pocketomni.weights import (
+from pocketomni.engine.weights import (
     GGUF_NAME_MAX,
     gguf_to_hf_name,
     hf_to_gguf_name,
@@ -24,7 +25,6 @@ from pocketomni.weights import (
     read_tensors,
 )
 
-import torch
 torch.set_num_threads(1)
 
 FTYPES = {"f32": 0, "f16": 1, "bf16": 32}

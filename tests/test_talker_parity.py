@@ -22,13 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-
-from pocketomni.errors import OptionsError, PocketOmniError
-from pocketomni.options import SpeechOptions
-from pocketomni.talker import Talker
-
 import torch
 import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
+
+from pocketomni.engine.talker import Talker
+from pocketomni.errors import OptionsError, PocketOmniError
+from pocketomni.options import SpeechOptions
+
 torch.set_num_threads(1)
 
 from test_talker_convert import convert_speech  # noqa: E402

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import torch
 import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
-
 from test_token2wav_dit import build_tiny, seeded_noise, speaker_inputs
 
 torch.set_num_threads(1)

@@ -10,13 +10,12 @@ import math
 
 import numpy as np
 import pytest
-
 import torch
 import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
-
-from pocketomni.token2wav import Token2Wav
 from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniToken2WavConfig
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniToken2WavModel
+
+from pocketomni.token2wav import Token2Wav
 
 torch.set_num_threads(1)
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from pocketomni.engine.weights import load_token2wav
 from pocketomni.mapped_pages import release_file_pages
 from pocketomni.token2wav import Preset, Token2Wav
-from pocketomni.weights import load_token2wav
 
 
 def resident_bytes(path: Path) -> int:

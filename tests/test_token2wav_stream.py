@@ -7,15 +7,14 @@ import math
 
 import numpy as np
 import pytest
-
 import torch
 import transformers  # noqa: F401  (hard dependency: fail loudly if missing)
-
-from pocketomni.token2wav import NoiseSource
-from pocketomni.token2wav.streaming import ChunkedDiTStream, DiTStream
 from test_token2wav_bigvgan import snr_db
 from test_token2wav_dit import build_tiny, rel, speaker_inputs
 from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import RungeKutta4ODESolver
+
+from pocketomni.token2wav import NoiseSource
+from pocketomni.token2wav.streaming import ChunkedDiTStream, DiTStream
 
 torch.set_num_threads(1)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from audio_env import espeak, pink_noise, silence
 
+from pocketomni.audio.vad import VadConfig, VoiceActivityDetector, detect_speech
 from pocketomni.errors import OptionsError
-from pocketomni.vad import VadConfig, VoiceActivityDetector, detect_speech
 
 R = 16000
 FRAME = 320

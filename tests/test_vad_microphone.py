@@ -9,8 +9,8 @@ import time
 import numpy as np
 from audio_env import MIC, align, audio_devices, espeak, pacat_play, pink_noise, silence  # noqa: F401
 
-from pocketomni.audio_io import INPUT_RATE, Recorder
-from pocketomni.vad import VoiceActivityDetector
+from pocketomni.audio.io import INPUT_RATE, Recorder
+from pocketomni.audio.vad import VoiceActivityDetector
 
 R = INPUT_RATE
 FRAME = 320

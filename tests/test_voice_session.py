@@ -9,7 +9,6 @@ import threading
 import time
 
 import numpy as np
-import pocketomni as po
 import pytest
 from audio_env import (  # noqa: F401 (audio_devices is a fixture)
     MIC_SINK,
@@ -21,8 +20,10 @@ from audio_env import (  # noqa: F401 (audio_devices is a fixture)
     pacat_play,
     silence,
 )
-from pocketomni.vad import VadConfig
-from pocketomni.voice import (
+
+import pocketomni as po
+from pocketomni.audio.vad import VadConfig
+from pocketomni.voice.session import (
     BargeIn,
     Listening,
     OutputStatus,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pocketomni as po
-from pocketomni.voice import SessionClosed, VoiceError
+from pocketomni.voice.session import SessionClosed, VoiceError
 
 log = logging.getLogger("pocketomni_demo")
 

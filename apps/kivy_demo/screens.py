@@ -10,7 +10,6 @@ import os
 import time
 from typing import Any
 
-import pocketomni as po
 from engine import Conversation
 from kivy.app import App
 from kivy.clock import Clock
@@ -19,7 +18,9 @@ from kivy.uix.label import Label
 from kivy.uix.popup import Popup
 from kivy.uix.screenmanager import Screen
 from kivy.utils import escape_markup
-from pocketomni.voice import (
+
+import pocketomni as po
+from pocketomni.voice.session import (
     BargeIn,
     Listening,
     OutputStatus,

@@ -22,12 +22,11 @@ if __package__ in (None, ""):  # run as a script: make `omni_fixtures` importabl
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "omni_fixtures"
 
-from pocketomni.demo import exclusive_lock
-
 from omni_fixtures import cache_root
 from omni_fixtures.config import VARIANT_SPECS, VARIANTS, Variant, hub_config
 from omni_fixtures.processor import write_processor_files
 from omni_fixtures.tokenizer import write_tokenizer
+from pocketomni.cli.demo import exclusive_lock
 
 __all__ = ["VARIANTS", "build_checkpoint", "fixture_key", "write_checkpoint"]
 

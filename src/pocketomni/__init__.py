@@ -1,0 +1,76 @@
+"""PocketOmni: Qwen2.5-Omni offline through llama.cpp, from Python.
+
+    import pocketomni as po
+
+    async with po.Omni.load("model-folder") as omni:
+        chat = omni.chat()
+        async for ev in chat.send("What is in this picture?", images=["cat.jpg"]):
+            if isinstance(ev, po.TextDelta):
+                print(ev.text, end="")
+
+    chat = omni.chat(speech=True, voice="Ethan")              # spoken replies: AudioChunk events too
+"""
+
+from __future__ import annotations
+
+from pocketomni.audio.wav import save_wav
+from pocketomni.errors import (
+    ContextOverflowError,
+    ConversionError,
+    FeatureUnavailableError,
+    MediaError,
+    ModelFileError,
+    OptionsError,
+    PocketOmniError,
+)
+from pocketomni.events import AudioChunk, Done, TextDelta, Timings, Usage
+from pocketomni.options import GenerationOptions, SpeechOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AudioChunk",
+    "Capabilities",
+    "Chat",
+    "ContextOverflowError",
+    "ConversionError",
+    "Done",
+    "FeatureUnavailableError",
+    "GenerationOptions",
+    "MediaError",
+    "Message",
+    "ModelFileError",
+    "Omni",
+    "OptionsError",
+    "PocketOmniError",
+    "SpeechOptions",
+    "TextDelta",
+    "Timings",
+    "Usage",
+    "VoiceSession",
+    "__version__",
+    "save_wav",
+]
+
+_LAZY = {
+    "Omni": ("pocketomni.omni", "Omni"),
+    "Chat": ("pocketomni.chat.chat", "Chat"),
+    "Capabilities": ("pocketomni.engine.model_folder", "Capabilities"),
+    "Message": ("pocketomni.chat.conversation", "Message"),
+    "VoiceSession": ("pocketomni.voice.session", "VoiceSession"),
+}
+
+
+def __getattr__(name: str):  # the engine (llama.cpp) loads on first use, not on `import pocketomni`
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        value = getattr(importlib.import_module(mod), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pocketomni' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

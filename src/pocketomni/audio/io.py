@@ -1,0 +1,412 @@
+"""Sound in and out through sounddevice (PortAudio): a streaming `Player` and a `Recorder`.
+
+* `Player` plays float32 mono chunks (24 kHz by default, the talker's rate) as they arrive, from a
+  small queue, and can be stopped at once for barge-in: `stop()` drops the queue and aborts the
+  stream, which discards what PortAudio and the sound server still hold.
+* `Recorder` captures mono float32 blocks (16 kHz by default, the audio encoder's rate) into a queue
+  and/or hands them to a callback.
+* Devices are chosen by index or name (exact name first, then a unique case-insensitive substring);
+  `None` is the system default (see `audio_devices`). A device that cannot run at the wanted rate
+  runs at its own and the audio is resampled on the fly (`StreamResampler`).
+* No device at all is a normal situation: check `has_output_device()` and run text only; opening a
+  `Player` there raises FeatureUnavailableError.
+
+sounddevice is imported lazily; a missing PortAudio library gives an actionable error.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pocketomni.audio.devices import (
+    AudioDevice,
+    find_device,
+    has_input_device,
+    has_output_device,
+    import_sounddevice,
+    list_devices,
+    pick_rate,
+)
+from pocketomni.audio.resample import StreamResampler
+from pocketomni.errors import FeatureUnavailableError, OptionsError, PocketOmniError
+
+__all__ = [
+    "INPUT_RATE",
+    "OUTPUT_RATE",
+    "AudioDevice",
+    "Player",
+    "Recorder",
+    "StreamResampler",
+    "find_device",
+    "has_input_device",
+    "has_output_device",
+    "list_devices",
+]
+
+OUTPUT_RATE = 24000  # token2wav output
+INPUT_RATE = 16000  # audio encoder input
+
+
+# ---------------------------------------------------------------- playback
+
+
+class Player:
+    """Streams mono float32 audio to an output device.
+
+    `write()` queues chunks (blocking while more than `queue_seconds` wait), `finish()` marks the end
+    of an utterance and `wait()` returns once the device has played it; `play()` does all three.
+    `stop()` silences the output at once (barge-in) and drops everything queued. Usable as a context
+    manager; the stream stays open between utterances.
+
+    `latency` is the device buffer PortAudio keeps filled (seconds, or "low"/"high"). The 0.1 s
+    default rides out scheduling hiccups on a busy machine; it does not slow barge-in, because
+    `stop()` aborts the stream and the buffered audio is discarded, not played.
+
+    Playback starts once `prebuffer_seconds` are queued (or at `finish()`); when a producer slower
+    than real time lets the queue run dry, output pauses until that much is queued again, so a slow
+    stream plays as a few clean pauses instead of many clicks (each counted in `underruns`).
+    """
+
+    def __init__(
+        self,
+        device: int | str | None = None,
+        sample_rate: int = OUTPUT_RATE,
+        *,
+        device_rate: int | None = None,
+        block_ms: float = 20.0,
+        queue_seconds: float = 1.0,
+        prebuffer_seconds: float = 0.2,
+        latency: str | float = 0.1,
+    ) -> None:
+        if sample_rate <= 0 or block_ms <= 0 or queue_seconds <= 0:
+            raise OptionsError("sample_rate, block_ms and queue_seconds must be positive")
+        if not 0 <= prebuffer_seconds < queue_seconds:
+            raise OptionsError("prebuffer_seconds must be at least 0 and less than queue_seconds")
+        sd = import_sounddevice()
+        self._sd = sd
+        self.device = find_device(device, "output")
+        self.sample_rate = int(sample_rate)
+        self.device_rate = (
+            int(device_rate) if device_rate else pick_rate(sd, self.device, "output", self.sample_rate, 1)
+        )
+        self._resampler = StreamResampler(self.sample_rate, self.device_rate)
+        self._queue_limit = int(queue_seconds * self.device_rate)
+        self._prebuffer = int(prebuffer_seconds * self.device_rate)
+        self._buffering = True  # holding output until _prebuffer samples are queued
+        self._chunks: collections.deque[np.ndarray] = collections.deque()
+        self._queued = 0  # device-rate samples waiting in _chunks
+        self._offset = 0  # samples of _chunks[0] already played
+        self._lock = threading.Condition()
+        self._ending = False  # finish() called: stop the stream when the queue runs dry
+        self._stopped = False  # stop() called: drop writes until resume()
+        self._end_time = 0.0  # time.monotonic() at which the last sample written will have played
+        self._cb_stopped = False  # the callback ended the stream (restart it for the next write)
+        self._done = threading.Event()
+        self._done.set()
+        self.underruns = 0  # callbacks that found the queue empty mid-utterance
+        self.played_seconds = 0.0  # audio handed to the device so far
+        try:
+            self._stream = sd.OutputStream(
+                device=self.device.index,
+                samplerate=self.device_rate,
+                channels=1,
+                dtype="float32",
+                blocksize=max(1, int(self.device_rate * block_ms / 1000)),
+                latency=latency,
+                callback=self._callback,
+                finished_callback=self._finished,
+            )
+        except Exception as exc:
+            raise FeatureUnavailableError(
+                f"cannot open output device {self.device.name!r} at {self.device_rate} Hz ({exc}); "
+                "pick another device (pocketomni.audio.io.list_devices())"
+            ) from exc
+
+    # -- audio thread
+    def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        out = outdata[:, 0]
+        filled = 0
+        with self._lock:
+            if self._buffering and (self._ending or self._queued >= self._prebuffer):
+                self._buffering = False
+            while not self._buffering and filled < frames and self._chunks:
+                head = self._chunks[0]
+                n = min(frames - filled, head.size - self._offset)
+                out[filled : filled + n] = head[self._offset : self._offset + n]
+                filled += n
+                self._offset += n
+                if self._offset == head.size:
+                    self._chunks.popleft()
+                    self._offset = 0
+            self._queued -= filled
+            ending = self._ending and not self._chunks
+            if filled < frames and not ending and not self._buffering:
+                self.underruns += 1
+                self._buffering = True
+            self._lock.notify_all()
+        out[filled:] = 0.0
+        self.played_seconds += filled / self.device_rate
+        if filled:  # when the last real sample will leave the device, on the monotonic clock
+            ahead = time_info.outputBufferDacTime - time_info.currentTime
+            self._end_time = time.monotonic() + max(0.0, ahead) + filled / self.device_rate
+        if ending and time.monotonic() >= self._end_time:
+            # The last sample has been played; the device holds only silence now. (Stopping right
+            # after the last block instead loses what the device still buffers on some hosts.)
+            with self._lock:
+                if self._ending and not self._chunks:
+                    self._buffering = True  # the next utterance prebuffers again
+                    self._cb_stopped = True
+                    self._done.set()
+                    raise self._sd.CallbackStop
+
+    def _finished(self) -> None:
+        with self._lock:  # a write may already have started the next utterance
+            if not self._chunks:
+                self._done.set()
+
+    # -- caller thread
+    def _ensure_running(self) -> None:
+        if self._stream.active and not self._cb_stopped:
+            return
+        if not self._stream.stopped:
+            self._stream.stop()  # after CallbackStop the stream is inactive but not stopped
+        self._cb_stopped = False
+        self._stream.start()
+
+    def write(self, samples: np.ndarray, timeout: float | None = None) -> bool:
+        """Queue a chunk of mono float32 samples at `sample_rate`; blocks while the queue is full.
+        Returns False, dropping the chunk, when `timeout` ran out or after `stop()` (until `resume()`),
+        so a producer still running after a barge-in cannot restart playback."""
+        if self._stopped:
+            return False
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        y = self._resampler.push(x)
+        return self._enqueue(y, timeout)
+
+    def _enqueue(self, y: np.ndarray, timeout: float | None) -> bool:
+        with self._lock:
+            if self._stream.closed:
+                raise PocketOmniError("the Player is closed; open a new one")
+            ok = self._lock.wait_for(lambda: self._stopped or self._queued < self._queue_limit, timeout)
+            if not ok or self._stopped:
+                return False
+            if y.size:
+                self._chunks.append(np.ascontiguousarray(y, dtype=np.float32))
+                self._queued += y.size
+            self._ending = False
+            self._done.clear()
+            start = self._queued >= self._prebuffer
+        if start:
+            self._ensure_running()
+        return True
+
+    def finish(self) -> None:
+        """No more audio in this utterance: playback ends (and `wait()` returns) when it has played."""
+        if self._stopped:
+            return
+        tail = self._resampler.flush()
+        self._enqueue(tail, None)
+        with self._lock:
+            self._ending = True
+            if not self._chunks and not self._stream.active:
+                self._done.set()  # nothing was written
+                return
+        self._ensure_running()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the finished utterance has been played (or stopped); False on timeout.
+
+        "Played" uses the DAC time PortAudio reports for the last sample, not the moment the last
+        block was handed over: the device still holds about `latency` seconds at that point."""
+        return self._done.wait(timeout)
+
+    def play(self, samples: np.ndarray, timeout: float | None = None) -> bool:
+        """Play a whole clip (resuming after a `stop()`) and wait until the device has played it."""
+        self.resume()
+        self.write(samples)
+        self.finish()
+        return self.wait(timeout)
+
+    @property
+    def is_playing(self) -> bool:
+        """True from the first write of an utterance until it has played or been stopped."""
+        return not self._stopped and not self._done.is_set()
+
+    def stop(self) -> float:
+        """Barge-in: drop the queue and discard what the device still holds; later writes are dropped
+        until `resume()`. Returns the seconds the call took (the output is silent once it returns)."""
+        t0 = time.perf_counter()
+        with self._lock:
+            self._stopped = True
+            self._buffering = True
+            self._chunks.clear()
+            self._queued = self._offset = 0
+            self._ending = False
+            self._resampler = StreamResampler(self.sample_rate, self.device_rate)
+            self._lock.notify_all()
+        if not self._stream.closed and not self._stream.stopped:
+            self._stream.abort()
+        self._done.set()
+        return time.perf_counter() - t0
+
+    def resume(self) -> None:
+        """Accept writes again after `stop()` (the next utterance)."""
+        with self._lock:
+            self._stopped = False
+            self._end_time = 0.0
+
+    def close(self) -> None:
+        """Stop and release the device."""
+        if not self._stream.closed:
+            self.stop()
+            self._stream.close()
+
+    def __enter__(self) -> Player:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- capture
+
+
+class Recorder:
+    """Captures mono float32 blocks of `block_ms` at `sample_rate` from an input device.
+
+    Blocks go to a queue (`read()`, iteration) and, when given, to `on_block(block)`, which runs on
+    the audio thread and must return quickly. When the consumer falls behind by more than
+    `queue_seconds` the oldest blocks are dropped (counted in `overflows`).
+    """
+
+    def __init__(
+        self,
+        device: int | str | None = None,
+        sample_rate: int = INPUT_RATE,
+        *,
+        device_rate: int | None = None,
+        block_ms: float = 20.0,
+        on_block: Callable[[np.ndarray], None] | None = None,
+        queue_seconds: float = 10.0,
+        latency: str | float = "low",
+    ) -> None:
+        if sample_rate <= 0 or block_ms <= 0 or queue_seconds <= 0:
+            raise OptionsError("sample_rate, block_ms and queue_seconds must be positive")
+        sd = import_sounddevice()
+        self.device = find_device(device, "input")
+        self.sample_rate = int(sample_rate)
+        self.device_rate = (
+            int(device_rate) if device_rate else pick_rate(sd, self.device, "input", self.sample_rate, 1)
+        )
+        self.block = max(1, int(round(self.sample_rate * block_ms / 1000)))
+        self._resampler = StreamResampler(self.device_rate, self.sample_rate)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._blocks: queue.Queue[np.ndarray] = queue.Queue(
+            maxsize=max(1, int(queue_seconds * 1000 / block_ms))
+        )
+        self._on_block = on_block
+        self.overflows = 0  # blocks dropped (consumer too slow) plus device-side overruns
+        self.started_at: float | None = None  # time.monotonic() of the first captured block
+        try:
+            self._stream = sd.InputStream(
+                device=self.device.index,
+                samplerate=self.device_rate,
+                channels=1,
+                dtype="float32",
+                blocksize=max(1, int(round(self.device_rate * block_ms / 1000))),
+                latency=latency,
+                callback=self._callback,
+            )
+        except Exception as exc:
+            raise FeatureUnavailableError(
+                f"cannot open input device {self.device.name!r} at {self.device_rate} Hz ({exc}); "
+                "pick another device (pocketomni.audio.io.list_devices())"
+            ) from exc
+
+    def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        if self.started_at is None:
+            self.started_at = time.monotonic() - frames / self.device_rate
+        if status and status.input_overflow:
+            self.overflows += 1
+        y = self._resampler.push(indata[:, 0])
+        buf = np.concatenate([self._pending, y]) if self._pending.size else y
+        n = buf.size // self.block * self.block
+        for i in range(0, n, self.block):
+            blk = buf[i : i + self.block].copy()
+            if self._on_block is not None:
+                self._on_block(blk)
+            try:
+                self._blocks.put_nowait(blk)
+            except queue.Full:
+                self.overflows += 1
+                try:
+                    self._blocks.get_nowait()
+                except queue.Empty:
+                    pass
+                self._blocks.put_nowait(blk)
+        self._pending = buf[n:].copy()
+
+    def start(self) -> Recorder:
+        """Start capturing."""
+        self._stream.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop capturing (blocks already captured stay readable)."""
+        if not self._stream.closed and not self._stream.stopped:
+            self._stream.stop()
+
+    def close(self) -> None:
+        """Stop and release the device."""
+        if not self._stream.closed:
+            self.stop()
+            self._stream.close()
+
+    def read(self, timeout: float | None = None) -> np.ndarray | None:
+        """The next block, or None when none arrived within `timeout` seconds."""
+        try:
+            return self._blocks.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def drain(self) -> np.ndarray:
+        """All blocks captured and not yet read, joined."""
+        parts = []
+        while True:
+            try:
+                parts.append(self._blocks.get_nowait())
+            except queue.Empty:
+                break
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    def record(self, seconds: float) -> np.ndarray:
+        """Capture `seconds` of audio (starting the stream if needed) and return it."""
+        n = int(round(seconds * self.sample_rate))
+        if self._stream.stopped:
+            self.start()
+        parts, got = [], 0
+        deadline = time.monotonic() + seconds + 5.0
+        while got < n and time.monotonic() < deadline:
+            blk = self.read(timeout=0.5)
+            if blk is not None:
+                parts.append(blk)
+                got += blk.size
+        if got < n:
+            raise FeatureUnavailableError(
+                f"the input device {self.device.name!r} delivered {got} of {n} samples; "
+                "it may be in use or stalled"
+            )
+        return np.concatenate(parts)[:n]
+
+    def __enter__(self) -> Recorder:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

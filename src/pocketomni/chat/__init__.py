@@ -1,0 +1,1 @@
+"""Chats: multi-turn sessions over one model, their history, saving and the async bridge."""

@@ -1,0 +1,503 @@
+"""Chat: one conversation on a loaded model. Its history lives in its own llama.cpp context.
+
+    chat = omni.chat(system=None)
+    async for ev in chat.send("What is in this picture?", images=["cat.jpg"]):   # or chat.send_sync(...)
+        ...
+
+A turn: render the new messages with the model's chat template (only the part after the cached
+reply), load and resize the media, lay out tokens and TMRoPE positions, check the context window,
+encode the media, prefill, then sample and decode reply tokens one at a time. Nothing changes in the
+chat until the prefill starts, so a bad input leaves the chat as it was. Cancelling keeps the partial
+reply in the history, marked interrupted.
+
+Speech chats also feed each decoded reply token to a `speech.SpeechReply` (talker + token2wav) and
+yield its `AudioChunk`s between the `TextDelta`s; after the text, the rest of the speech, then `Done`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pocketomni.backend.batch import DecodeInterrupted
+from pocketomni.backend.sampling import SamplingParams, sample
+from pocketomni.chat.async_bridge import CancelFlag, ThreadStream
+from pocketomni.chat.conversation import (
+    Message,
+    Part,
+    parse_messages,
+    render_delta,
+    split_rendered,
+    user_message,
+)
+from pocketomni.chat.store import SavedChat, read_chat_file, write_chat_file
+from pocketomni.engine.positions import KIND_TEXT, Segment, TextSegment, build_prompt
+from pocketomni.engine.thinker import MEDIA_TOKEN_IDS, ThinkerSession, sampling_params
+from pocketomni.engine.video_input import overflow_advice, video_cost
+from pocketomni.errors import ContextOverflowError, MediaError, ModelFileError, OptionsError, PocketOmniError
+from pocketomni.events import AudioChunk, Done, Event, TextDelta, Timings, Usage
+from pocketomni.options import GenerationOptions, resolve_options
+
+if TYPE_CHECKING:
+    from pocketomni.engine.speech import SpeechEngine, SpeechReply, SpeechSettings
+    from pocketomni.omni import Omni
+
+__all__ = ["Chat"]
+
+BUSY_WAIT_SECONDS = 60.0
+
+
+class StopScanner:
+    """Finds stop strings in streamed text; holds back text that may be the start of one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.buf = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Returns (text safe to emit, whether a stop string was found)."""
+        if not self.stops:
+            return text, False
+        self.buf += text
+        hits = [i for i in (self.buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.buf = self.buf[: min(hits)], ""
+            return out, True
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.buf)), hold, -1):
+                if self.buf.endswith(s[:k]):
+                    hold = k
+                    break
+        out = self.buf[: len(self.buf) - hold]
+        self.buf = self.buf[len(out):]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.buf = self.buf, ""
+        return out
+
+
+def _strip_sources(m: Message) -> Message:
+    """The message as kept in history: media as labels only (frees decoded pixels / samples)."""
+    return Message(m.role, tuple(p if p.kind == "text" else Part(p.kind, label=p.label, use_audio=p.use_audio)
+                                for p in m.parts), m.interrupted)
+
+
+class Chat:
+    """One conversation. Create with `Omni.chat()`; several chats on one model never see each other."""
+
+    def __init__(self, omni: Omni, *, system: str | None = None, speech: bool = False,
+                 options: GenerationOptions | None = None, speech_settings: SpeechSettings | None = None) -> None:
+        if system is not None and not isinstance(system, str):
+            raise OptionsError(f"system must be a string or None, got {type(system).__name__}")
+        if speech and speech_settings is None:
+            from pocketomni.engine.speech import SpeechSettings
+
+            speech_settings = SpeechSettings()
+        self._omni = omni
+        self.system = system
+        self.speech = speech
+        self.speech_settings = speech_settings if speech else None
+        self._last_speech: SpeechReply | None = None  # the last turn's spoken reply (codes, timings)
+        self.options = options or GenerationOptions()
+        self._session: ThinkerSession = omni._thinker.session(keep_hidden=speech)
+        self._messages: list[Message] = []  # every message whose tokens are in the cache
+        self._pending: list[int] = []  # reply tokens sampled but not yet decoded into the cache
+        self._lock = threading.Lock()
+        self._owner: int | None = None  # thread running a turn (a suspended send_sync holds the chat)
+        self._flag: CancelFlag | None = None
+        omni._register(self)
+
+    # ------------------------------------------------------------------ public API
+
+    def send(self, text: str | None = None, *, images: Any = None, audio: Any = None, video: Any = None,
+             use_audio_in_video: bool = True, messages: Sequence[Mapping[str, Any]] | None = None,
+             options: Any = None, **overrides: Any) -> ThreadStream[Event]:
+        """Stream one turn: TextDelta events, then Done. `async for ev in chat.send(...)`.
+
+        images: paths, bytes, PIL images or numpy arrays; audio: paths (wav/mp3/flac) or
+        (array, sample_rate); video: a file path (needs PyAV: pip install av), (frames, fps) or
+        (frames, fps, audio, sample_rate), sampled at 2 fps with its sound track interleaved in 2 s
+        chunks unless use_audio_in_video=False. The turn holds the video, the images, then the audio
+        clips, then the text.
+        messages: OpenAI-style messages to append instead (the last one a user message).
+        options / keyword overrides: GenerationOptions fields (max_tokens, temperature, ...).
+        Breaking out of the loop or cancelling the task stops decoding within one token.
+        """
+        new, opts, params = self._request(text, images, audio, messages, options, overrides, video,
+                                          use_audio_in_video)
+        return ThreadStream(lambda flag: self._turn(new, opts, params, flag, wait=True))
+
+    def send_sync(self, text: str | None = None, *, images: Any = None, audio: Any = None, video: Any = None,
+                  use_audio_in_video: bool = True, messages: Sequence[Mapping[str, Any]] | None = None,
+                  options: Any = None, **overrides: Any) -> Iterator[Event]:
+        """The blocking twin of `send`: a generator of the same events, run in the calling thread."""
+        new, opts, params = self._request(text, images, audio, messages, options, overrides, video,
+                                          use_audio_in_video)
+        return self._turn(new, opts, params, CancelFlag(), wait=True)
+
+    def cancel(self) -> None:
+        """Stop the running turn (if any) within one token; safe from any thread."""
+        flag = self._flag
+        if flag is not None:
+            flag.set()
+
+    @property
+    def messages(self) -> list[Message]:
+        """The conversation so far (media as labels). Waits for a turn that is still stopping."""
+        with self._snapshot():
+            return list(self._messages)
+
+    @property
+    def tokens(self) -> list[int]:
+        """Token ids in this chat's KV cache, in order (media placeholders included)."""
+        with self._snapshot():
+            return self._session.history.ids.tolist()
+
+    @property
+    def n_tokens(self) -> int:
+        """Context cells in use."""
+        return self._session.n_used
+
+    @property
+    def n_ctx(self) -> int:
+        """Context window of this chat, in tokens."""
+        return self._session.n_ctx
+
+    def reset(self) -> None:
+        """Forget the conversation (the system prompt stays)."""
+        with self._hold():
+            self._session.clear()
+            self._messages.clear()
+            self._pending.clear()
+
+    def fork(self) -> Chat:
+        """An independent copy of this chat (same history and cache) that continues separately."""
+        with self._hold():
+            other = Chat(self._omni, system=self.system, speech=self.speech, options=self.options,
+                         speech_settings=self.speech_settings)
+            try:
+                other._session.copy_from(self._session)
+            except BaseException:
+                other.close()
+                raise
+            other._messages = list(self._messages)
+            other._pending = list(self._pending)
+            return other
+
+    def save(self, path: str | Path) -> None:
+        """Write the chat (history, cache, options) to one file, atomically."""
+        with self._hold():
+            write_chat_file(Path(path), self._saved())
+
+    def _saved(self) -> SavedChat:
+        """This chat as a chat file's contents (caller holds the turn lock)."""
+        st = self.speech_settings
+        header = {
+            "model": self._session.thinker.model.path.name,
+            "system": self.system,
+            "speech": self.speech,
+            "speech_settings": None if st is None else {
+                "voice": st.voice, "preset": st.preset, "streaming": st.streaming,
+                "options": dataclasses.asdict(st.options)},
+            "options": dataclasses.asdict(self.options),
+            "messages": [m.to_dict() for m in self._messages],
+            "pending": [int(t) for t in self._pending],
+        }
+        return SavedChat(header, self._session.history.arrays(), self._session.get_state())
+
+    @classmethod
+    def restore(cls, omni: Omni, path: str | Path) -> Chat:
+        """A new chat on `omni` continuing exactly where the one saved in `path` stopped."""
+        saved = read_chat_file(Path(path))
+        header = saved.header
+        opts = GenerationOptions.from_dict(header.get("options") or {})
+        speech = bool(header.get("speech"))
+        settings = None
+        if speech and isinstance(header.get("speech_settings"), dict):
+            from pocketomni.engine.speech import SpeechSettings
+
+            d = header["speech_settings"]
+            settings = SpeechSettings.resolve(d.get("voice"), d.get("preset"), d.get("options"), d.get("streaming"))
+        chat = cls(omni, system=header.get("system"), speech=speech, options=opts, speech_settings=settings)
+        try:
+            if chat.speech and "hidden" not in saved.arrays:
+                raise ModelFileError(f"{path} has no hidden states for a speech chat; it is corrupt")
+            chat._session.set_state(saved.kv_state, saved.arrays)
+            chat._messages = [Message.from_dict(m) for m in header.get("messages", [])]
+            chat._pending = [int(t) for t in header.get("pending", [])]
+        except BaseException:
+            chat.close()
+            raise
+        return chat
+
+    def close(self) -> None:
+        """Free this chat's context (idempotent)."""
+        self.cancel()
+        with self._hold():
+            self._session.close()
+            self._omni._unregister(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._session.ctx.closed
+
+    def __repr__(self) -> str:
+        return f"Chat({len(self._messages)} messages, {self.n_tokens if not self.closed else 0}/{self.n_ctx} tokens)"
+
+    # ------------------------------------------------------------------ internals
+
+    def _request(self, text: Any, images: Any, audio: Any, messages: Any, options: Any,
+                 overrides: Mapping[str, Any], video: Any = None,
+                 use_audio_in_video: bool = True) -> tuple[list[Message], GenerationOptions, SamplingParams]:
+        opts = resolve_options(self.options, options, overrides)
+        params = sampling_params(opts)
+        if messages is not None:
+            if text is not None or images is not None or audio is not None or video is not None:
+                raise OptionsError("pass either messages=[...] or text/images/audio/video, not both")
+            new = parse_messages(messages)
+        else:
+            new = [user_message(text, images, audio, video, use_audio_in_video)]
+        return new, opts, params
+
+    def _snapshot(self) -> Any:
+        """Consistent reads: wait for another thread's turn; inside this thread's own turn, read as is."""
+        return contextlib.nullcontext() if self._owner == threading.get_ident() else self._hold()
+
+    def _hold(self, wait: bool = True, flag: CancelFlag | None = None) -> _Held:
+        return _Held(self, wait, flag)
+
+    def _check_open(self) -> None:
+        if self._session.ctx.closed:
+            raise PocketOmniError("this chat is closed (or its model was closed); start a new one with omni.chat()")
+
+    def _plan(self, new: list[Message]) -> tuple[list[Message], Any, list[Any]]:
+        """Render, load media, lay out tokens and check the context window. Changes nothing."""
+        th = self._omni._thinker
+        msgs = list(new)
+        if not self._messages and self.system is not None and msgs[0].role != "system":
+            msgs.insert(0, Message("system", (Part("text", text=self.system),)))
+        elif self.speech and msgs[0].role == "system":
+            from pocketomni.engine.speech import check_system_prompt
+
+            check_system_prompt("".join(p.text or "" for p in msgs[0].parts if p.kind == "text"))
+        text = render_delta(th.template, self._messages, msgs)
+        media = [p for m in msgs for p in m.media]
+        pieces = split_rendered(text, media)
+        prepared = [self._omni._media.prepare(p) for p in media]
+        segments: list[Segment] = []
+        head = list(self._pending)
+        it = iter(prepared)
+        for piece in pieces:
+            if isinstance(piece, str):
+                ids = th.tokenize(piece)
+                if any(t in MEDIA_TOKEN_IDS for t in ids):
+                    raise MediaError("the text contains <|IMAGE|>, <|AUDIO|> or <|VIDEO|>; remove them and pass media as "
+                                     "images=[...] / audio=[...] / video=...")
+                segments.append(TextSegment(head + ids))
+                head = []
+            else:
+                if head:
+                    segments.append(TextSegment(head))
+                    head = []
+                segments.append(next(it).segment)
+        layout = build_prompt(segments, start_pos=self._session.next_pos)
+        n_new = int(layout.input_ids.size)
+        room = self._session.room
+        if n_new + 1 > room:
+            n_media = int(np.count_nonzero(layout.kinds != KIND_TEXT))
+            raise ContextOverflowError(
+                f"this turn needs {n_new} tokens ({n_media} of them for media) plus room for a reply, but only "
+                f"{room} of the {self.n_ctx}-token context are free. Send less text or media, downscale images "
+                "(or load with Omni.load(..., image_max_pixels=...)), call chat.reset() / start a new chat, or load "
+                "the model with a larger n_ctx." + overflow_advice(
+                    [video_cost(p.video, p.segment.audio_tokens is not None) for p in prepared if p.video is not None],
+                    n_new + 1, room)
+            )
+        return msgs, layout, prepared
+
+    def _turn(self, new: list[Message], opts: GenerationOptions, params: SamplingParams, flag: CancelFlag,
+              wait: bool) -> Iterator[Event]:
+        try:
+            held = self._hold(wait=wait, flag=flag).__enter__()
+        except _Abandoned:
+            return
+        try:
+            if flag.is_set:
+                return
+            self._flag = flag
+            yield from self._run(new, opts, params, flag)
+        finally:
+            held.__exit__()
+
+    def _run(self, new: list[Message], opts: GenerationOptions, params: SamplingParams,
+             flag: CancelFlag) -> Iterator[Event]:
+        if not self.speech:
+            yield from self._run_turn(new, opts, params, flag, None)
+            return
+        t0 = time.perf_counter()
+        self._check_open()
+        engine = self._omni._speech_engine()
+        with engine.hold(lambda: flag.is_set) as ok:  # the talker speaks for one chat at a time
+            if not ok:
+                yield Done(text="", finish_reason="cancelled", timings=Timings(total_seconds=time.perf_counter() - t0))
+                return
+            yield from self._run_turn(new, opts, params, flag, engine)
+
+    def _run_turn(self, new: list[Message], opts: GenerationOptions, params: SamplingParams,
+                  flag: CancelFlag, engine: SpeechEngine | None) -> Iterator[Event]:
+        t0 = time.perf_counter()
+        self._check_open()
+        th, sess = self._omni._thinker, self._session
+        msgs, layout, prepared = self._plan(new)
+        t_media = time.perf_counter()
+        media_rows = self._omni._media.encode_all(prepared, should_stop=lambda: flag.is_set)
+        media_s = time.perf_counter() - t_media if prepared else 0.0
+        if flag.is_set:  # cancelled before the cache changed: the turn never happened
+            yield Done(text="", finish_reason="cancelled", timings=Timings(total_seconds=time.perf_counter() - t0))
+            return
+        t_pre = time.perf_counter()
+        try:
+            logits = sess.prefill(layout, media_rows, should_stop=lambda: flag.is_set)
+        except DecodeInterrupted:  # rolled back: the turn never happened
+            yield Done(text="", finish_reason="cancelled", timings=Timings(total_seconds=time.perf_counter() - t0))
+            return
+        prefill_s = time.perf_counter() - t_pre
+        self._pending = []
+        self._messages += [_strip_sources(m) for m in msgs]
+        self._messages.append(Message("assistant", ()))
+        reply_at = len(self._messages) - 1
+        talk: SpeechReply | None = None
+        if engine is not None:
+            assert self.speech_settings is not None
+            talk = engine.reply(self.speech_settings, sess)
+            self._last_speech = talk
+        t_audio = 0.0
+
+        stream, stopper = th.model.text_stream(), StopScanner(opts.stop)
+        rng = np.random.default_rng(opts.seed)
+        penalize = params.repetition_penalty != 1.0
+        fast_greedy = params.is_greedy and not penalize
+        reply: list[int] = []
+        shown: list[str] = []
+        finish, t_first, n_steps, tail = "cancelled", 0.0, 0, ""
+        try:
+            while not flag.is_set:
+                if fast_greedy:  # the sampler's greedy path without its copies: same result
+                    tok = int(np.argmax(logits))
+                else:
+                    tok = sample(logits, params, rng, penalty_ids=sess.history.ids if penalize else ())
+                if not t_first:
+                    t_first = time.perf_counter()
+                if th.is_eog(tok):
+                    finish = "stop"
+                    break
+                reply.append(tok)
+                self._pending = [tok]
+                piece, hit = stopper.feed(stream.push(tok))
+                if piece:
+                    shown.append(piece)
+                    yield TextDelta(piece)
+                if hit:
+                    finish = "stop_string"
+                    break
+                if len(reply) >= opts.max_tokens or sess.room < 1:
+                    finish = "length"
+                    break
+                if flag.is_set:
+                    break
+                logits = sess.step(tok)
+                self._pending = []
+                n_steps += 1
+                if talk is not None:  # the talker reads this token; token2wav renders what is complete
+                    for wav in talk.add_token():
+                        t_audio = t_audio or time.perf_counter()
+                        yield AudioChunk(wav)
+            if finish in ("stop", "length"):
+                tail = stopper.feed(stream.flush())[0] + stopper.flush()
+        except BaseException:
+            sess.reconcile()  # e.g. KeyboardInterrupt inside a decode: keep the cache equal to the history
+            raise
+        finally:
+            text = "".join(shown) + tail
+            self._messages[reply_at] = Message("assistant", (Part("text", text=text),) if text else (),
+                                               interrupted=finish == "cancelled")
+        t_text = time.perf_counter()
+        if tail:
+            yield TextDelta(tail)
+        if talk is not None and finish != "cancelled":
+            for wav in talk.finish(lambda: flag.is_set):
+                t_audio = t_audio or time.perf_counter()
+                yield AudioChunk(wav)
+            if flag.is_set:  # the text is complete (kept as is); the speech was cut
+                finish = "cancelled"
+        t_end = time.perf_counter()
+        n_new = int(layout.input_ids.size)
+        decode_s = t_text - t_first if t_first else 0.0
+        audio_s = talk.audio_seconds if talk is not None else 0.0
+        yield Done(
+            text=text,
+            finish_reason=finish,
+            usage=Usage(prompt_tokens=n_new, media_tokens=int(np.count_nonzero(layout.kinds != KIND_TEXT)),
+                        reply_tokens=len(reply), audio_codes=len(talk.codes) if talk is not None else 0),
+            timings=Timings(
+                time_to_first_token=(t_first - t0) if t_first else 0.0,
+                time_to_first_audio=(t_audio - t0) if t_audio else 0.0,
+                audio_seconds=audio_s,
+                # seconds of work per second of speech, from the first reply token to the last sample
+                real_time_factor=(t_end - t_first) / audio_s if audio_s > 0 and t_first else 0.0,
+                prefill_tokens_per_second=n_new / prefill_s if prefill_s > 0 else 0.0,
+                decode_tokens_per_second=n_steps / decode_s if decode_s > 0 and n_steps else 0.0,
+                media_encode_seconds=media_s,
+                total_seconds=t_end - t0,
+            ),
+            tokens=tuple(int(t) for t in reply),
+        )
+
+
+class _Abandoned(Exception):
+    """A queued turn was cancelled before it got the chat."""
+
+
+class _Held:
+    """Holds a chat's turn lock. A turn suspended in the same thread (an unfinished send_sync) makes
+    other calls fail at once instead of deadlocking; other threads wait for it (a cancelled turn
+    ends within one token)."""
+
+    def __init__(self, chat: Chat, wait: bool, flag: CancelFlag | None) -> None:
+        self.chat, self.wait, self.flag = chat, wait, flag
+        self.acquired = False
+
+    def __enter__(self) -> _Held:  # noqa: PYI034
+        c = self.chat
+        me = threading.get_ident()
+        if c._lock.acquire(blocking=False):
+            self.acquired = True
+        elif c._owner == me or not self.wait:
+            raise PocketOmniError(
+                "this chat is busy with another turn; finish iterating it (or close it) before starting another"
+            )
+        if not self.acquired:
+            deadline = time.monotonic() + BUSY_WAIT_SECONDS
+            while not c._lock.acquire(timeout=0.05):
+                if self.flag is not None and self.flag.is_set:
+                    raise _Abandoned
+                if time.monotonic() > deadline:
+                    raise PocketOmniError("this chat stayed busy with another turn for a minute; try again later")
+            self.acquired = True
+        c._owner = me
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        c = self.chat
+        c._owner = None
+        c._flag = None
+        c._lock.release()

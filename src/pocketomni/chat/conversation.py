@@ -1,0 +1,359 @@
+"""The message model: our own turns and OpenAI-style message lists -> messages -> rendered prompt pieces.
+
+A message is a role plus ordered parts (text, image, audio). The model's own chat template (Jinja,
+stored in the thinker GGUF) renders messages to text with one placeholder per media item
+(`<|vision_bos|><|IMAGE|><|vision_eos|>`, `<|audio_bos|><|AUDIO|><|audio_eos|>`); `split_rendered`
+cuts that text into text pieces and media parts, in order.
+
+A turn appended to a conversation already in the KV cache renders only its new part: the text after
+the last assistant reply (`render_delta`), so the cached tokens are never re-tokenized.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pocketomni.errors import MediaError, ModelFileError, OptionsError
+
+__all__ = [
+    "AUDIO_PLACEHOLDER", "IMAGE_PLACEHOLDER", "SPEECH_SYSTEM_PROMPT", "VIDEO_PLACEHOLDER", "ChatTemplate", "Message",
+    "Part",
+    "parse_messages", "render_delta", "split_rendered", "user_message",
+]
+
+IMAGE_PLACEHOLDER = "<|vision_bos|><|IMAGE|><|vision_eos|>"
+AUDIO_PLACEHOLDER = "<|audio_bos|><|AUDIO|><|audio_eos|>"
+VIDEO_PLACEHOLDER = "<|vision_bos|><|VIDEO|><|vision_eos|>"
+_PLACEHOLDER_OF = {"image": IMAGE_PLACEHOLDER, "audio": AUDIO_PLACEHOLDER, "video": VIDEO_PLACEHOLDER}
+# The system prompt the released model needs for spoken replies (from its model card).
+SPEECH_SYSTEM_PROMPT = (
+    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
+    "auditory and visual inputs, as well as generating text and speech."
+)
+ROLES = ("system", "user", "assistant")
+_SENTINEL = "\x00pocketomni-reply\x00"  # stands for the last (cached) assistant reply when rendering deltas
+_PLACEHOLDERS = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(AUDIO_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)})")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece of a message: text, or an image / audio clip / video.
+
+    `source` is what the caller passed for a media part (path, bytes, PIL image, array, (array, rate),
+    a video path or (frames, fps[, audio, rate])); it is not kept in saved chats. `label` is a short
+    description that is ("cat.jpg", "image 640x480"). `use_audio` (videos): interleave the sound track.
+    """
+
+    kind: str  # "text" | "image" | "audio" | "video"
+    text: str = ""
+    source: Any = field(default=None, compare=False, repr=False)
+    label: str = ""
+    use_audio: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (media as their label)."""
+        if self.kind == "text":
+            return {"type": "text", "text": self.text}
+        d: dict[str, Any] = {"type": self.kind, "label": self.label}
+        if self.kind == "video" and not self.use_audio:
+            d["use_audio"] = False
+        return d
+
+
+@dataclass(frozen=True)
+class Message:
+    """A chat message. `interrupted` marks an assistant reply that was cut short (cancelled)."""
+
+    role: str
+    parts: tuple[Part, ...]
+    interrupted: bool = False
+
+    @property
+    def text(self) -> str:
+        """The text parts joined."""
+        return "".join(p.text for p in self.parts if p.kind == "text")
+
+    @property
+    def media(self) -> list[Part]:
+        """The image, audio and video parts, in order."""
+        return [p for p in self.parts if p.kind != "text"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form: {"role", "content": [...], "interrupted"?}."""
+        d: dict[str, Any] = {"role": self.role, "content": [p.to_dict() for p in self.parts]}
+        if self.interrupted:
+            d["interrupted"] = True
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Message:
+        """Inverse of `to_dict` (media come back as labels only)."""
+        parts = tuple(
+            Part("text", text=str(c.get("text", ""))) if c.get("type") == "text"
+            else Part(str(c.get("type")), label=str(c.get("label", "")), use_audio=bool(c.get("use_audio", True)))
+            for c in d.get("content", [])
+        )
+        return cls(str(d["role"]), parts, bool(d.get("interrupted", False)))
+
+    def template_dict(self) -> dict[str, Any]:
+        """The message as chat templates expect it (string content when it is text only)."""
+        if not self.media:
+            return {"role": self.role, "content": self.text}
+        content: list[dict[str, Any]] = []
+        for p in self.parts:
+            content.append({"type": "text", "text": p.text} if p.kind == "text" else {"type": p.kind})
+        return {"role": self.role, "content": content}
+
+
+# ------------------------------------------------------------------ building messages
+
+
+def _label(kind: str, src: Any) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        s = str(src)
+        return f"{kind} (data URL)" if s.startswith("data:") else s
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return f"{kind} ({len(bytes(src))} bytes)"
+    if isinstance(src, tuple) and len(src) == 2:
+        arr = np.asarray(src[0]) if not isinstance(src[0], np.ndarray) else src[0]
+        return f"{kind} ({arr.shape[0] if arr.ndim else 0} samples at {src[1]} Hz)"
+    if isinstance(src, np.ndarray):
+        return f"{kind} array {'x'.join(map(str, src.shape))}"
+    size = getattr(src, "size", None)
+    if isinstance(size, tuple) and len(size) == 2:
+        return f"{kind} {size[0]}x{size[1]}"
+    return kind
+
+
+def media_part(kind: str, src: Any, use_audio: bool = True) -> Part:
+    """A media part for an image, audio or video source."""
+    if kind == "video":
+        return Part(kind, source=src, label=_video_label(src), use_audio=bool(use_audio))
+    return Part(kind, source=src, label=_label(kind, src))
+
+
+def _video_label(src: Any) -> str:
+    if isinstance(src, tuple) and len(src) in (2, 4):
+        try:
+            n = len(src[0])
+        except TypeError:
+            return "video"
+        return f"video ({n} frames at {src[1]} fps{', with sound' if len(src) == 4 else ''})"
+    return _label("video", src)
+
+
+def _check_video_source(src: Any) -> None:
+    """Shape checks a video source needs before anything is decoded (typed errors, how to fix)."""
+    if isinstance(src, (str, os.PathLike)):
+        return
+    if isinstance(src, tuple):
+        if len(src) not in (2, 4):
+            raise OptionsError("pass video as a file path, (frames, fps) or (frames, fps, audio, sample_rate); "
+                               f"got a tuple of {len(src)} items")
+        return
+    if isinstance(src, Sequence) and not isinstance(src, (bytes, bytearray)):
+        raise OptionsError("one video per turn item: pass video=path, video=(frames, fps) or "
+                           "video=(frames, fps, audio, sample_rate); frames alone need their fps")
+    raise OptionsError(f"unsupported video input {type(src).__name__}; pass a file path, (frames, fps) or "
+                       "(frames, fps, audio, sample_rate)")
+
+
+def _as_list(x: Any, what: str) -> list[Any]:
+    if x is None:
+        return []
+    if isinstance(x, (str, bytes, bytearray, os.PathLike, tuple, np.ndarray)) or hasattr(x, "getpixel"):
+        return [x]  # one item (a tuple is one (samples, rate) clip)
+    if isinstance(x, Sequence):
+        return list(x)
+    raise OptionsError(f"{what} must be a list of inputs, got {type(x).__name__}")
+
+
+def user_message(text: str | None = None, images: Any = None, audio: Any = None, video: Any = None,
+                 use_audio_in_video: bool = True) -> Message:
+    """A user turn: the video (if any), then the images (in order), the audio clips (in order), the text.
+
+    video: a file path (needs PyAV), (frames, fps) or (frames, fps, audio, sample_rate); its sound
+    track is interleaved with the frames unless use_audio_in_video is False.
+    """
+    if text is not None and not isinstance(text, str):
+        raise OptionsError(f"text must be a string, got {type(text).__name__}")
+    if not isinstance(use_audio_in_video, bool):
+        raise OptionsError(f"use_audio_in_video must be True or False, got {use_audio_in_video!r}")
+    parts = []
+    if video is not None:
+        _check_video_source(video)
+        parts.append(media_part("video", video, use_audio_in_video))
+    parts += [media_part("image", s) for s in _as_list(images, "images")]
+    parts += [media_part("audio", s) for s in _as_list(audio, "audio")]
+    if text:
+        parts.append(Part("text", text=text))
+    if not parts:
+        raise OptionsError("a turn needs text, images, audio or a video; got nothing to send")
+    return Message("user", tuple(parts))
+
+
+def _url_source(url: Any, what: str) -> Any:
+    if isinstance(url, Mapping):
+        url = url.get("url")
+    if not isinstance(url, str) or not url:
+        raise OptionsError(f"{what} needs a URL string (a data: URL or a file path)")
+    if url.startswith("file://"):
+        return url[len("file://"):]
+    return url
+
+
+def _content_part(item: Any, role: str) -> Part:
+    if isinstance(item, str):
+        return Part("text", text=item)
+    if not isinstance(item, Mapping):
+        raise OptionsError(f"message content items must be dicts or strings, got {type(item).__name__}")
+    kind = item.get("type")
+    if kind in ("text", "input_text"):
+        text = item.get("text")
+        if not isinstance(text, str):
+            raise OptionsError("a text content item needs a 'text' string")
+        return Part("text", text=text)
+    if role != "user":
+        raise OptionsError(f"{role} messages may only hold text, not {kind!r} items")
+    if kind == "image_url":
+        return media_part("image", _url_source(item.get("image_url"), "an image_url item"))
+    if kind == "image":
+        return media_part("image", item.get("image"))
+    if kind == "input_audio":
+        spec = item.get("input_audio")
+        data = spec.get("data") if isinstance(spec, Mapping) else None
+        if not isinstance(data, str):
+            raise OptionsError("an input_audio item needs {'input_audio': {'data': <base64>, 'format': 'wav'}}")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise MediaError(f"input_audio data is not valid base64 ({e}); encode the file bytes with base64") from e
+        return media_part("audio", raw)
+    if kind in ("audio", "audio_url"):
+        src = item.get("audio") if kind == "audio" else _url_source(item.get("audio_url"), "an audio_url item")
+        return media_part("audio", src)
+    if kind in ("video", "video_url"):
+        src = item.get("video") if kind == "video" else _url_source(item.get("video_url"), "a video_url item")
+        if isinstance(src, list):  # OpenAI-style list of frames needs its rate
+            raise OptionsError("a video item needs a file path or (frames, fps[, audio, sample_rate])")
+        use_audio = item.get("use_audio_in_video", True)
+        if not isinstance(use_audio, bool):
+            raise OptionsError("use_audio_in_video in a video item must be True or False")
+        _check_video_source(src)
+        return media_part("video", src, use_audio)
+    raise OptionsError(
+        f"unknown content type {kind!r}; use 'text', 'image_url', 'image', 'input_audio', 'audio' or 'video'"
+    )
+
+
+def parse_messages(messages: Sequence[Mapping[str, Any]]) -> list[Message]:
+    """OpenAI-style messages ({"role", "content": str | [{"type": "text"|"image_url"|"input_audio", ...}]})."""
+    if isinstance(messages, Mapping) or not isinstance(messages, Sequence) or isinstance(messages, str):
+        raise OptionsError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    out: list[Message] = []
+    for m in messages:
+        if not isinstance(m, Mapping):
+            raise OptionsError("each message must be a dict with 'role' and 'content'")
+        role = m.get("role")
+        if role not in ROLES:
+            raise OptionsError(f"unknown message role {role!r}; use one of {', '.join(ROLES)}")
+        content = m.get("content")
+        parts: tuple[Part, ...]
+        if isinstance(content, str):
+            parts = (Part("text", text=content),) if content else ()
+        elif isinstance(content, Sequence):
+            parts = tuple(_content_part(c, role) for c in content)
+        else:
+            raise OptionsError(f"message content must be a string or a list, got {type(content).__name__}")
+        out.append(Message(role, parts))
+    if not out or out[-1].role != "user":
+        raise OptionsError("the last message must be a user message (the one to answer)")
+    return out
+
+
+# ------------------------------------------------------------------ rendering
+
+
+class ChatTemplate:
+    """A Jinja chat template rendered in a sandbox (the settings Hugging Face uses)."""
+
+    def __init__(self, source: str) -> None:
+        import jinja2
+        import jinja2.ext
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message: str) -> None:
+            raise ModelFileError(f"the chat template refused the conversation: {message}")
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+        env.globals["raise_exception"] = raise_exception
+        try:
+            self._template = env.from_string(source)
+        except jinja2.TemplateError as e:
+            raise ModelFileError(f"the model's chat template does not parse ({e}); re-convert the model") from e
+        self.source = source
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        """Render messages to prompt text."""
+        return self._render([m.template_dict() for m in messages], add_generation_prompt)
+
+    def _render(self, dicts: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        import jinja2
+
+        try:
+            return self._template.render(messages=dicts, add_generation_prompt=add_generation_prompt)
+        except jinja2.TemplateError as e:
+            raise ModelFileError(f"the model's chat template failed to render ({e})") from e
+
+
+def render_delta(template: ChatTemplate, cached: Sequence[Message], new: Sequence[Message]) -> str:
+    """Text of `new` (ending with the assistant prompt) as it continues `cached`.
+
+    `cached` is empty or ends with an assistant reply; the text after that reply (its end marker,
+    then the new messages) is what the KV cache still lacks.
+    """
+    if not cached:
+        return template.render(new, add_generation_prompt=True)
+    if cached[-1].role != "assistant":
+        raise ValueError("a cached conversation must end with an assistant reply")
+    dicts = [m.template_dict() for m in cached[:-1]]
+    dicts.append({"role": "assistant", "content": _SENTINEL})
+    dicts += [m.template_dict() for m in new]
+    full = template._render(dicts, add_generation_prompt=True)
+    if full.count(_SENTINEL) != 1:
+        raise ModelFileError("the chat template does not reproduce assistant replies verbatim; cannot continue the chat")
+    return full.split(_SENTINEL, 1)[1]
+
+
+def split_rendered(text: str, media: Sequence[Part]) -> list[str | Part]:
+    """Cut rendered text at the media placeholders: text pieces and the media parts, in order."""
+    pieces = _PLACEHOLDERS.split(text)
+    found = [p for p in pieces[1::2]]
+    want = [_PLACEHOLDER_OF[m.kind] for m in media]
+    if len(found) > len(want):
+        raise MediaError(
+            "the text contains the model's media placeholder tokens (<|vision_bos|>, <|IMAGE|>, <|AUDIO|>, "
+            "<|VIDEO|> ...); remove them and pass images / audio / video as attachments instead"
+        )
+    if found != want:
+        raise ModelFileError(
+            "the model's chat template does not render images and audio the Qwen2.5-Omni way "
+            f"(expected {len(want)} media placeholders, found {len(found)}); use a Qwen2.5-Omni model file"
+        )
+    out: list[str | Part] = []
+    it = iter(media)
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            out.append(next(it))
+        elif piece:
+            out.append(piece)
+    return out
+

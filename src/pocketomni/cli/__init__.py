@@ -1,0 +1,1 @@
+"""The `pocketomni` command line: chat, demo, doctor, convert, synth, bench."""

@@ -1,0 +1,239 @@
+"""HF folder -> model folder: validate everything, then write each GGUF under a temporary name.
+
+Components are written in order (thinker, mmproj; the talker and token2wav will be appended the same
+way): each has a plan (key/values + tensor specs with block sources), an output type, and optionally
+a llama.cpp quantization pass over a lossless intermediate. Nothing touches OUT_DIR until every check
+(config, files, tensor names and shapes, tokenizer, disk space) has passed, and files only get their
+final names once all of them are complete, so a failed run leaves no half-written model behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pocketomni.convert.checkpoint import Checkpoint, check_shapes, open_checkpoint
+from pocketomni.convert.mmproj import MMPROJ_TYPES, audio_names, mmproj_expected, mmproj_plan, vision_names
+from pocketomni.convert.quantize import llama_quantize
+from pocketomni.convert.safetensors import MappedFiles
+from pocketomni.convert.talker import talker_expected, talker_plan
+from pocketomni.convert.thinker import DIRECT_TYPES, LLAMA_QUANT_TYPES, thinker_names, thinker_plan
+from pocketomni.convert.token2wav import token2wav_plan
+from pocketomni.convert.tokenizer import load_tokenizer
+from pocketomni.convert.writer import GGUFPlan, write_gguf
+from pocketomni.engine import manifest as mf
+from pocketomni.errors import ConversionError
+
+THINKER_QUANTS = tuple(DIRECT_TYPES) + tuple(LLAMA_QUANT_TYPES)
+MMPROJ_QUANTS = tuple(MMPROJ_TYPES)
+DEFAULT_QUANT = "q4_k_m"
+DEFAULT_MMPROJ_QUANT = "f16"
+
+
+@dataclass
+class ConversionResult:
+    """What a conversion wrote and how long it took."""
+
+    out_dir: Path
+    files: dict[str, Path]
+    seconds: float
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Job:
+    """One output file: its final name, how to plan it and whether llama.cpp quantizes it afterwards."""
+
+    component: str
+    filename: str
+    quant: str
+    plan: Callable[[MappedFiles], GGUFPlan]
+    llama_quant: str | None = None
+
+
+def converter_version() -> str:
+    try:
+        from pocketomni import __version__
+
+        return str(__version__)
+    except ImportError:  # pragma: no cover
+        return "unknown"
+
+
+def check_quant(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    v = value.lower()
+    if v not in allowed:
+        raise ConversionError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}.")
+    return v
+
+
+def _n_params(shapes: dict[str, tuple[int, ...]]) -> int:
+    total = 0
+    for s in shapes.values():
+        n = 1
+        for d in s:
+            n *= d
+        total += n
+    return total
+
+
+def source_summary(
+    ckpt: Checkpoint, thinker_shapes: dict[str, tuple[int, ...]], summary: dict[str, Any]
+) -> dict[str, Any]:
+    vs, vn = vision_names(ckpt)
+    as_, an = audio_names(ckpt)
+    return {
+        "name": ckpt.path.name,
+        "model_type": ckpt.config.get("model_type"),
+        "architectures": ckpt.config.get("architectures"),
+        "thinker": summary,
+        "vision": vs,
+        "audio": as_,
+        "parameters": {
+            "thinker": _n_params(thinker_shapes),
+            "vision": _n_params({k: v[1] for k, v in vn.items()}),
+            "audio": _n_params({k: v[1] for k, v in an.items()}),
+        },
+    }
+
+
+def _check_disk(out_dir: Path, need: int) -> None:
+    probe = out_dir
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise ConversionError(
+            f"{probe} has {free / 1e9:.1f} GB free but the conversion needs about {need / 1e9:.1f} GB. "
+            "Free some space or choose another OUT_DIR."
+        )
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True)
+
+
+def convert_checkpoint(
+    hf_dir: str | Path,
+    out_dir: str | Path,
+    quant: str = DEFAULT_QUANT,
+    mmproj_quant: str = DEFAULT_MMPROJ_QUANT,
+    progress: bool = True,
+    threads: int | None = None,
+    speech: bool = True,
+    talker_quant: str | None = None,
+) -> ConversionResult:
+    """Convert a Hugging Face Qwen2.5-Omni checkpoint into a PocketOmni model folder.
+
+    Writes `thinker-<quant>.gguf`, `mmproj-<mmproj_quant>.gguf` and `pocketomni.json` into `out_dir`;
+    with `speech` (the default) also `talker-<talker_quant>.gguf` (talker_quant defaults to quant) and
+    `token2wav-f32.gguf` (DiT, ECAPA, BigVGAN, speakers and the thinker->talker projection).
+    Raises ConversionError, before writing anything, when the checkpoint is not Qwen2.5-Omni, files or
+    tensors are missing, shapes disagree with config.json, a quant type is unknown, or space is short.
+    """
+    t0 = time.perf_counter()
+    quant = check_quant("--quant", quant, THINKER_QUANTS)
+    mmproj_quant = check_quant("--mmproj-quant", mmproj_quant, MMPROJ_QUANTS)
+    talker_quant = check_quant("--talker-quant", talker_quant or quant, THINKER_QUANTS)
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConversionError(f"{out} exists and is not a folder. Choose a folder for OUT_DIR.")
+
+    # ---- validation: nothing is written before this block completes ----
+    ckpt = open_checkpoint(hf_dir, need_speech=speech)
+    shape, tnames = thinker_names(ckpt)
+    thinker_shapes = {hf: s for hf, (_, s) in tnames.items()}
+    check_shapes(ckpt, {**thinker_shapes, **mmproj_expected(ckpt), **(talker_expected(ckpt) if speech else {})})
+    tok = load_tokenizer(ckpt.path, ckpt.config, shape.vocab)
+    version = converter_version()
+    source = source_summary(ckpt, thinker_shapes, shape.summary())
+
+    def meta(component: str) -> dict[str, str]:
+        return {"name": f"{ckpt.path.name} {component}", "component": component, "converter_version": version}
+
+    thinker_mode = quant if quant in DIRECT_TYPES else "bf16"
+    thinker_ftype = DIRECT_TYPES.get(quant, 32)  # 32 = MOSTLY_BF16 for the quantizer's intermediate
+    jobs = [
+        _Job("thinker", f"thinker-{quant}.gguf", quant,
+             lambda files: thinker_plan(ckpt, files, tok, thinker_mode, thinker_ftype, meta("thinker")),
+             llama_quant=quant if quant in LLAMA_QUANT_TYPES else None),
+        _Job("mmproj", f"mmproj-{mmproj_quant}.gguf", mmproj_quant,
+             lambda files: mmproj_plan(ckpt, files, mmproj_quant, meta("mmproj"))),
+    ]
+    if speech:
+        talker_mode = talker_quant if talker_quant in DIRECT_TYPES else "bf16"
+        talker_ftype = DIRECT_TYPES.get(talker_quant, 32)
+        jobs += [
+            _Job("talker", f"talker-{talker_quant}.gguf", talker_quant,
+                 lambda files: talker_plan(ckpt, files, talker_mode, talker_ftype, meta("talker")),
+                 llama_quant=talker_quant if talker_quant in LLAMA_QUANT_TYPES else None),
+            _Job("token2wav", "token2wav-f32.gguf", "f32",
+                 lambda files: token2wav_plan(ckpt, files, meta("token2wav"))),
+        ]
+    with MappedFiles() as files:
+        plans = [job.plan(files) for job in jobs]  # builds specs only; raises config errors early
+        return write_folder(out, list(zip(jobs, plans)), version=version, source=source, progress=progress,
+                            threads=threads, verb="writing", t0=t0)
+
+
+def write_folder(out: Path, items: Sequence[tuple[Any, GGUFPlan]], *, version: str, source: dict[str, Any],
+                 progress: bool, threads: int | None, verb: str, t0: float) -> ConversionResult:
+    """Write a model folder: check the disk, write each (job, plan) under a temporary name (quantizing
+    with llama.cpp where `job.llama_quant` asks), then move the files into place and write the manifest.
+    On any failure the partial files (and a folder this call created) are removed.
+
+    A job names its file: `component`, `filename`, `quant`, `llama_quant`.
+    """
+    total = sum(plan.nbytes for _, plan in items)
+    _check_disk(out, total + sum(plan.nbytes for job, plan in items if job.llama_quant) + (64 << 20))
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    temps: list[Path] = []
+    done: dict[str, Path] = {}
+    bar = _progress(total, progress)
+    try:
+        for job, plan in items:
+            final_tmp = out / f".{job.filename}.partial"
+            temps.append(final_tmp)
+            if bar is not None:
+                bar.set_description(f"{verb} {job.filename}")
+            if job.llama_quant:
+                inter = out / f".{job.filename}.bf16.partial"
+                temps.append(inter)
+                write_gguf(inter, plan, bar)
+                if bar is not None:
+                    bar.set_description(f"quantizing {job.component} to {job.llama_quant}")
+                llama_quantize(inter, final_tmp, job.llama_quant, threads)
+                inter.unlink()
+            else:
+                write_gguf(final_tmp, plan, bar)
+            done[job.component] = final_tmp
+    except BaseException:
+        for t in temps:
+            t.unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+    files_out: dict[str, Path] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    for job, _ in items:
+        final = out / job.filename
+        os.replace(done[job.component], final)
+        files_out[job.component] = final
+        entries[job.component] = {"path": job.filename, "type": job.quant, "bytes": final.stat().st_size}
+    content = mf.manifest_dict(version, source, entries)
+    mf.write_manifest(out / mf.MANIFEST, content)
+    return ConversionResult(out_dir=out, files=files_out, seconds=time.perf_counter() - t0, manifest=content)

@@ -1,0 +1,1 @@
+"""The model engine: thinker, talker, speech, media encoders, TMRoPE positions, model folders."""

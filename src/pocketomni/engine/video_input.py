@@ -1,0 +1,161 @@
+"""Decoding a prompt whose positions are not causal in llama.cpp's sense (video with its sound track).
+
+The reference attends causally by sequence order. llama.cpp's KV mask for M-RoPE models orders
+cells by their stored position instead: a key is visible to a query iff key.t < query.t, or the two
+t are equal and the key's (h, w) is not after the query's; and an embedding batch may not start
+below the largest t already cached. With a video's sound interleaved (per 2 s chunk: frames at
+t = s and s + 25, then audio at t = s .. s + 49) and the shared bos/eos positions, sequence order
+and position order disagree.
+
+`decode_in_order` restores the reference semantics:
+
+1. the prompt is cut into runs whose (t, h, w) strictly increase (inside a run, position order is
+   sequence order, so llama.cpp's mask is the causal mask);
+2. before a run, if a cell decoded earlier in this call would be hidden from the run's first
+   (smallest) position, every cached cell above t0 - 1 gets its stored t lowered to t0 - 1
+   (`LlamaContext.clamp_positions`: keys are stored already rotated, so only the mask and the
+   batch check change), making all of them visible to the run and to everything after it;
+3. the run is decoded with its true positions (RoPE uses them; our position log keeps them).
+
+Only cells of the current prompt are ever relabelled: the clamp value never goes below the
+prompt's first position, so removing a turn by position range still works.
+
+Limits of a video (documented; `video_cost` / `overflow_advice` compute them):
+- frames: 2 per second, at most 768 (VideoConfig.max_frames; longer videos are sampled more sparsely)
+  and at most 1800 s of video at all (VideoConfig.max_seconds);
+- tokens: per second, (H / 28) * (W / 28) frame tokens (the frames are resized to at least 128 and at
+  most 768 tokens per second by the reference's budget) plus 25 tokens of sound with
+  use_audio_in_video; everything must fit the chat's free context with room for the reply, e.g. a
+  4096-token context holds about 31 s of silent video at the smallest frame size (128 tokens/s) or
+  about 26 s with its sound (153 tokens/s). A turn that does not fit raises ContextOverflowError
+  saying how many seconds fit.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from pocketomni.backend.batch import DecodeInterrupted, DecodeResult
+from pocketomni.backend.context import LlamaContext
+from pocketomni.errors import PocketOmniError
+from pocketomni.media.video import PreparedVideo
+
+__all__ = ["VideoCost", "causal_runs", "decode_in_order", "needs_ordered_decode", "overflow_advice", "video_cost"]
+
+AUDIO_TOKENS_PER_SECOND = 25
+
+
+@dataclass(frozen=True)
+class VideoCost:
+    """Context cost of one prepared video."""
+
+    seconds: float  # covered by the sampled frames
+    frame_tokens: int
+    audio_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return self.frame_tokens + self.audio_tokens
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float(self.tokens)
+
+
+def video_cost(video: PreparedVideo, use_audio: bool = True) -> VideoCost:
+    """Frame and sound tokens of a prepared video and the seconds they cover."""
+    seconds = video.grid_thw[0] * video.seconds_per_grid
+    audio = video.audio.n_tokens if (use_audio and video.audio is not None) else 0
+    return VideoCost(float(seconds), int(video.n_video_tokens), int(audio))
+
+
+def overflow_advice(costs: list[VideoCost], needed: int, room: int) -> str:
+    """How to shorten the videos of a turn that needs `needed` cells where `room` are free."""
+    if not costs:
+        return ""
+    over = needed - room
+    total = sum(c.tokens for c in costs)
+    secs = sum(c.seconds for c in costs)
+    per_s = total / secs if secs > 0 else float(total)
+    fit = max(0.0, secs - over / per_s) if per_s > 0 else 0.0
+    with_audio = any(c.audio_tokens for c in costs)
+    tip = (f" The video{'s' if len(costs) > 1 else ''} ({secs:.1f} s) cost{'' if len(costs) > 1 else 's'} "
+           f"{total} tokens, about {per_s:.0f} per second; about {fit:.0f} s fit{'s' if fit == 1 else ''} here: "
+           f"cut {'them' if len(costs) > 1 else 'it'} to at most {max(0, 2 * int(fit // 2))} s, lower the frame "
+           "resolution (fewer tokens per second, down to 128 frame tokens/s)")
+    if with_audio:
+        tip += f", or send it with use_audio_in_video=False (saves {AUDIO_TOKENS_PER_SECOND} tokens/s)"
+    return tip + "."
+
+
+def _lex_gt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elementwise a > b in (t, h, w) lexicographic order for (3, n) arrays (b may broadcast)."""
+    return (a[0] > b[0]) | ((a[0] == b[0]) & ((a[1] > b[1]) | ((a[1] == b[1]) & (a[2] > b[2]))))
+
+
+def causal_runs(positions: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) runs of a (3, N) position array inside which (t, h, w) strictly increases."""
+    pos = np.asarray(positions, dtype=np.int64)
+    n = pos.shape[1]
+    if n == 0:
+        return []
+    breaks = np.flatnonzero(~_lex_gt(pos[:, 1:], pos[:, :-1])) + 1
+    edges = [0, *breaks.tolist(), n]
+    return list(itertools.pairwise(edges))
+
+
+def needs_ordered_decode(positions: np.ndarray) -> bool:
+    """True when one plain batch would not reproduce the reference's causal attention."""
+    return len(causal_runs(positions)) > 1
+
+
+def decode_in_order(
+    ctx: LlamaContext,
+    embeddings: np.ndarray,
+    positions: np.ndarray,
+    *,
+    seq_id: int = 0,
+    hidden: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    on_run: Callable[[int, int, int], None] | None = None,
+) -> DecodeResult:
+    """Decode embedding rows with (3, N) positions so that every row attends to exactly the rows
+    before it in sequence order. Returns the last row's logits and, with hidden=True, every row's
+    final hidden state. on_run(start, stop, n_relabelled) is called after each run (tests, stats)."""
+    pos = np.asarray(positions, dtype=np.int64)
+    n = pos.shape[1]
+    if embeddings.shape[0] != n:
+        raise ValueError(f"{embeddings.shape[0]} embedding rows for {n} positions")
+    rows4 = np.zeros((4, n), np.int64)
+    rows4[:3] = pos
+    floor = int(pos[0].min())  # never relabel cells of earlier turns
+    stored = pos.copy()  # what llama.cpp holds for the rows decoded so far in this call
+    hid = np.empty((n if hidden else 0, ctx.model.n_embd), np.float32)
+    last = None
+    for a, b in causal_runs(pos):
+        first = pos[:, a : a + 1]
+        relabelled = 0
+        if a > 0 and _lex_gt(stored[:, :a], first).any():
+            t_clamp = int(first[0, 0]) - 1
+            if t_clamp < floor:
+                raise PocketOmniError(
+                    f"internal: a prompt run at t={t_clamp + 1} would need cells of earlier turns relabelled")
+            relabelled = ctx.clamp_positions(seq_id, t_clamp)
+            np.minimum(stored[0, :a], t_clamp, out=stored[0, :a])
+        if should_stop is not None and a > 0 and should_stop():
+            raise DecodeInterrupted(a)
+        res = ctx.decode(embeddings=embeddings[a:b], positions=rows4[:, a:b], seq_id=seq_id,
+                         logits="last" if b == n else None, hidden="all" if hidden else None,
+                         should_stop=should_stop)
+        if hidden:
+            hid[a:b] = res.hidden
+        if b == n:
+            last = res
+        if on_run is not None:
+            on_run(a, b, relabelled)
+    assert last is not None
+    return DecodeResult(np.array([n - 1], np.int64), last.logits, np.arange(hid.shape[0], dtype=np.int64), hid)

@@ -1,0 +1,118 @@
+"""Options as dataclasses with documented fields. Unknown keys and out-of-range values are rejected."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pocketomni.errors import OptionsError
+
+T = TypeVar("T", bound="_Options")
+
+
+class _Options:
+    """Shared validation: construct from keyword arguments or a mapping, reject unknown keys."""
+
+    @classmethod
+    def from_dict(cls: type[T], values: Mapping[str, Any] | None = None, **kwargs: Any) -> T:
+        """Build options from a mapping and/or keywords; unknown keys raise OptionsError."""
+        merged = {**(values or {}), **kwargs}
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise OptionsError(
+                f"unknown {cls.__name__} option(s): {', '.join(unknown)}; valid options are: {', '.join(sorted(known))}"
+            )
+        return cls(**merged)
+
+    def replace(self: T, **changes: Any) -> T:
+        """A copy with some fields changed (validated like the constructor)."""
+        return type(self).from_dict(dataclasses.asdict(self), **changes)  # type: ignore[call-overload]
+
+
+def _check_range(name: str, value: float, low: float, high: float, hint: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OptionsError(f"{name}={value!r} must be a number in [{low}, {high}]")
+    if not (low <= value <= high):
+        raise OptionsError(f"{name}={value!r} is out of range [{low}, {high}]{'; ' + hint if hint else ''}")
+
+
+@dataclass(frozen=True)
+class GenerationOptions(_Options):
+    """How the thinker writes its reply.
+
+    max_tokens: most reply tokens per turn (the turn ends with finish_reason "length" there).
+    temperature: 0 means greedy (deterministic); higher is more random.
+    top_k: keep only the k most likely tokens (0 disables).
+    top_p: keep the smallest set of tokens whose probability reaches p (1.0 disables).
+    repetition_penalty: >1 discourages repeating tokens already in the context (1.0 disables).
+    seed: random seed for sampling; None picks one per turn.
+    stop: strings that end the reply when they appear (not included in the reply).
+    """
+
+    max_tokens: int = 1024
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+            raise OptionsError("stop must be a list of non-empty strings, e.g. stop=['\\n\\n']")
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise OptionsError(f"max_tokens={self.max_tokens!r} must be a positive integer")
+        _check_range("temperature", self.temperature, 0.0, 10.0, "use 0 for greedy decoding")
+        _check_range("top_p", self.top_p, 0.0, 1.0)
+        _check_range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise OptionsError(f"top_k={self.top_k!r} must be an integer >= 0 (0 disables it)")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise OptionsError(f"seed={self.seed!r} must be an integer or None")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class SpeechOptions(_Options):
+    """How the talker turns the reply into speech codes (defaults are the reference's).
+
+    temperature, top_k, top_p, repetition_penalty: the talker's sampling (temperature 0 = greedy).
+    max_codes: most speech codes per reply (50 codes = 1 second of speech).
+    seed: random seed for sampling and the vocoder's noise; None picks one per turn.
+    """
+
+    temperature: float = 0.9
+    top_k: int = 40
+    top_p: float = 0.8
+    repetition_penalty: float = 1.05
+    max_codes: int = 4096
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_range("temperature", self.temperature, 0.0, 10.0, "use 0 for greedy decoding")
+        _check_range("top_p", self.top_p, 0.0, 1.0)
+        _check_range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise OptionsError(f"top_k={self.top_k!r} must be an integer >= 0 (0 disables it)")
+        if not isinstance(self.max_codes, int) or self.max_codes < 1:
+            raise OptionsError(f"max_codes={self.max_codes!r} must be a positive integer")
+
+
+def resolve_options(base: GenerationOptions, options: Any, overrides: Mapping[str, Any]) -> GenerationOptions:
+    """`options` (None: `base`; GenerationOptions; or a dict) with keyword `overrides` applied."""
+    if options is None:
+        opts = base
+    elif isinstance(options, GenerationOptions):
+        opts = options
+    elif isinstance(options, Mapping):
+        opts = GenerationOptions.from_dict(options)
+    else:
+        raise OptionsError(f"options must be GenerationOptions or a dict, got {type(options).__name__}")
+    return opts.replace(**overrides) if overrides else opts

@@ -1,0 +1,1 @@
+"""Voice conversations: microphone in, spoken replies out, barge-in."""
