@@ -11,12 +11,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pocketomni.convert.qwen_vocab import (
+from pocketomni.convert.qwen_vocab import (  # noqa: F401  (re-exported for the fixtures and tests)
     ADDITIONAL_SPECIAL,
+    CHAT_TEMPLATE,
+    MODALITY_TOKENS,
+    NUM_RANKS,
     SPECIAL_IDS,
     SPECIAL_TOKENS,
+    bytes_to_unicode,
     cached_merges,
+    derive_merges,
     load_ranks,
+    tiktoken_path,
     tokenizer_config,
     vocab,
 )

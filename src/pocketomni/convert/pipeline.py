@@ -19,10 +19,10 @@ from typing import Any
 
 from pocketomni.convert.checkpoint import Checkpoint, check_shapes, open_checkpoint
 from pocketomni.convert.mmproj import MMPROJ_TYPES, audio_names, mmproj_expected, mmproj_plan, vision_names
-from pocketomni.convert.quantize import llama_quantize
+from pocketomni.convert.quantize import LLAMA_QUANT_TYPES, llama_quantize
 from pocketomni.convert.safetensors import MappedFiles
 from pocketomni.convert.talker import talker_expected, talker_plan
-from pocketomni.convert.thinker import DIRECT_TYPES, LLAMA_QUANT_TYPES, thinker_names, thinker_plan
+from pocketomni.convert.thinker import DIRECT_TYPES, thinker_names, thinker_plan
 from pocketomni.convert.token2wav import token2wav_plan
 from pocketomni.convert.tokenizer import load_tokenizer
 from pocketomni.convert.writer import GGUFPlan, write_gguf

@@ -40,6 +40,7 @@ from pocketomni.convert.pipeline import (
     source_summary,
     write_folder,
 )
+from pocketomni.convert.quantize import LLAMA_QUANT_TYPES
 from pocketomni.convert.safetensors import MappedFiles, TensorInfo
 from pocketomni.convert.synth_shapes import (
     MODEL_NAMES,
@@ -49,7 +50,7 @@ from pocketomni.convert.synth_shapes import (
     preset_config,
 )
 from pocketomni.convert.talker import talker_expected, talker_names, talker_plan
-from pocketomni.convert.thinker import DIRECT_TYPES, LLAMA_QUANT_TYPES, thinker_names, thinker_plan
+from pocketomni.convert.thinker import DIRECT_TYPES, thinker_names, thinker_plan
 from pocketomni.convert.token2wav import token2wav_plan
 from pocketomni.convert.tokenizer import load_tokenizer
 from pocketomni.convert.writer import GGUFPlan
