@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -37,7 +38,26 @@ def test_public_names_resolve() -> None:
             assert obj == re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1), \
                 "pocketomni.__version__ is out of step with pyproject.toml"
             continue
+        if isinstance(obj, types.UnionType):  # event unions: every member is one of ours
+            assert all(a.__module__.startswith("pocketomni.") for a in obj.__args__), f"po.{name} is {obj!r}"
+            continue
         assert getattr(obj, "__name__", None) == name, f"po.{name} is {obj!r}"
         assert obj.__module__.startswith("pocketomni."), f"po.{name} comes from {obj.__module__}"
-        if name.endswith("Error"):
-            assert issubclass(obj, po.PocketOmniError), name
+        if name.endswith("Error"):  # our exceptions, or the voice event that reports one
+            assert issubclass(obj, po.PocketOmniError) or obj in po.VoiceEvent.__args__, name
+
+
+def test_readme_api_matches_the_exports() -> None:
+    """The README's API table lists exactly `__all__`, and every `po.X` the README uses is exported."""
+    import re
+    from pathlib import Path
+
+    import pocketomni as po
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### API at a glance", 1)[1].split("\n## ", 1)[0]
+    exported = set(po.__all__) - {"__version__"}
+    table_names = set(re.findall(r"^\| `([A-Za-z_]+)`", section, re.M))
+    assert table_names == exported, (sorted(table_names - exported), sorted(exported - table_names))
+    used = set(re.findall(r"\bpo\.([A-Za-z_]+)", readme))
+    assert used <= exported, f"the README uses names that are not exported: {sorted(used - exported)}"

@@ -23,30 +23,55 @@ from pocketomni.errors import (
     OptionsError,
     PocketOmniError,
 )
-from pocketomni.events import AudioChunk, Done, TextDelta, Timings, Usage
+from pocketomni.audio.vad import VadConfig
+from pocketomni.events import AudioChunk, Done, Event, TextDelta, Timings, Usage
 from pocketomni.options import GenerationOptions, SpeechOptions
+from pocketomni.voice.events import (
+    BargeIn,
+    Listening,
+    OutputStatus,
+    ReplyDone,
+    SessionClosed,
+    UserSpeaking,
+    UserTurn,
+    VoiceError,
+    VoiceEvent,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AudioChunk",
+    "BargeIn",
     "Capabilities",
     "Chat",
     "ContextOverflowError",
     "ConversionError",
     "Done",
+    "Event",
     "FeatureUnavailableError",
     "GenerationOptions",
+    "Listening",
     "MediaError",
     "Message",
     "ModelFileError",
     "Omni",
     "OptionsError",
+    "OutputStatus",
+    "Part",
     "PocketOmniError",
+    "ReplyDone",
+    "SessionClosed",
     "SpeechOptions",
+    "SpeechSettings",
     "TextDelta",
     "Timings",
     "Usage",
+    "UserSpeaking",
+    "UserTurn",
+    "VadConfig",
+    "VoiceError",
+    "VoiceEvent",
     "VoiceSession",
     "__version__",
     "save_wav",
@@ -57,6 +82,8 @@ _LAZY = {
     "Chat": ("pocketomni.chat.chat", "Chat"),
     "Capabilities": ("pocketomni.engine.model_folder", "Capabilities"),
     "Message": ("pocketomni.chat.conversation", "Message"),
+    "Part": ("pocketomni.chat.conversation", "Part"),
+    "SpeechSettings": ("pocketomni.engine.speech", "SpeechSettings"),
     "VoiceSession": ("pocketomni.voice.session", "VoiceSession"),
 }
 
