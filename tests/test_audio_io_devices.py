@@ -41,9 +41,9 @@ def test_no_device_means_text_only() -> None:
     env = {k: v for k, v in os.environ.items() if k != "ALSA_CONFIG_PATH"}
     env["PULSE_SERVER"] = "unix:/nonexistent/pocketomni-no-pulse"
     code = (
-        "from pocketomni import audio_io as a\n"
+        "from pocketomni.audio import devices as d, io as a\n"
         "from pocketomni.errors import FeatureUnavailableError\n"
-        "print(a.has_output_device(), a.has_input_device(), len(a.list_devices()))\n"
+        "print(d.has_output_device(), d.has_input_device(), len(d.list_devices()))\n"
         "for cls in (a.Player, a.Recorder):\n"
         "    try:\n"
         "        cls()\n"

@@ -11,6 +11,7 @@ import pytest
 from video_files import write_clip
 
 import pocketomni as po
+from pocketomni.chat.conversation import user_message
 from pocketomni.engine.positions import KIND_AUDIO, KIND_VIDEO, TokenIds
 from pocketomni.engine.video_input import overflow_advice, video_cost
 from pocketomni.errors import ContextOverflowError, MediaError, OptionsError
@@ -137,7 +138,7 @@ def test_interrupted_video_prefill_rolls_back(omni):
     _done(chat.send_sync("Hello"))
     before, stored_before = chat.n_tokens, chat._session.ctx.stored_positions(0)
     sess = chat._session
-    _, layout, prepared = chat._plan([po.conversation.user_message("What?", video=(frames(4), 2, sound(4), RATE))])
+    _, layout, prepared = chat._plan([user_message("What?", video=(frames(4), 2, sound(4), RATE))])
     rows = omni._media.encode_all(prepared)
     calls = []
     with pytest.raises(DecodeInterrupted):

@@ -34,7 +34,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     from pocketomni.errors import FeatureUnavailableError
 
-    suite = Path(__file__).resolve().parent.parent / "benchmarks" / "suite.py"
+    suite = Path(__file__).resolve().parents[3] / "benchmarks" / "suite.py"  # <checkout>/src/pocketomni/cli/main.py
     if not suite.is_file():
         raise FeatureUnavailableError(f"`pocketomni bench` runs {suite}, which only a source checkout has")
     return subprocess.call([sys.executable, str(suite), *args.args])
