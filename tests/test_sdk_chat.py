@@ -186,6 +186,48 @@ def test_busy_chat_refuses_a_second_sync_turn(omni) -> None:
     chat.close()
 
 
+def test_messages_never_wait_for_a_running_turn(omni) -> None:
+    """Another thread reading `messages` during a turn gets the history as of the last finished turn
+    at once; the turn's own Done makes its messages visible; a chat is a context manager."""
+    with omni.chat(max_tokens=3000) as chat:
+        _run(chat, "first", max_tokens=2)
+        before = chat.messages
+        started, release = threading.Event(), threading.Event()
+
+        def turn() -> None:
+            for _ in chat.send_sync("second"):
+                started.set()
+                release.wait(60)
+
+        worker = threading.Thread(target=turn)
+        worker.start()
+        assert started.wait(60)
+        assert chat.messages == before  # the turn is held mid-reply: no wait, the finished history
+        chat.cancel()
+        release.set()
+        worker.join(60)
+        assert not worker.is_alive()
+        roles = [(m.role, m.interrupted) for m in chat.messages]
+        assert roles[len(before):] == [("user", False), ("assistant", True)]
+    assert chat.closed
+
+
+async def _async_context_manager(omni) -> list[str]:
+    async with await omni.achat(max_tokens=2) as chat:
+        async for _ in chat.send("hi"):
+            pass
+        forked = await chat.afork()
+        await forked.aclose()
+        await chat.areset()
+        roles = [m.role for m in chat.messages]
+    assert chat.closed and forked.closed
+    return roles
+
+
+def test_async_twins_and_async_context_manager(omni) -> None:
+    assert asyncio.run(_async_context_manager(omni)) == []  # reset keeps only the system prompt (none here)
+
+
 def test_fork_continues_independently(omni) -> None:
     a = omni.chat(max_tokens=6)
     _run(a, "Start", images=[_image(3)])

@@ -99,6 +99,7 @@ class Omni:
         self._chats: weakref.WeakSet[Chat] = weakref.WeakSet()
         self._closed = False
         self._close_lock = threading.Lock()
+        self._voices: tuple[str, ...] | None = None
 
     # ------------------------------------------------------------------ loading
 
@@ -151,7 +152,7 @@ class Omni:
                     "spoken replies are not wired into the chat API of this version yet; use chat(speech=False)"
                 )
             settings = SpeechSettings.resolve(voice, speech_preset, speech_options, speech_streaming)
-            self._speech_engine().check_voice(settings.voice)
+            self._check_voice(settings.voice)
             if system is None:
                 system = SPEECH_SYSTEM_PROMPT
             else:
@@ -160,6 +161,30 @@ class Omni:
             raise OptionsError("voice, speech_preset, speech_options and speech_streaming need chat(speech=True)")
         opts = resolve_options(GenerationOptions(), options, overrides)
         return Chat(self, system=system, speech=speech, options=opts, speech_settings=settings)
+
+    async def achat(self, system: str | None = None, speech: bool = False, **kwargs: Any) -> Chat:
+        """`chat(...)` in a worker thread (a chat allocates its context cache); same arguments."""
+        return await asyncio.to_thread(self.chat, system, speech, **kwargs)
+
+    def load_speech(self) -> None:
+        """Load the talker and token2wav now instead of at the first spoken reply (a few seconds for
+        real models); idempotent. FeatureUnavailableError when the folder has no speech files."""
+        self._check_open()
+        self.folder.require("speech_out")
+        self._speech_engine()
+
+    async def aload_speech(self) -> None:
+        """`load_speech()` in a worker thread."""
+        await asyncio.to_thread(self.load_speech)
+
+    def _check_voice(self, voice: str) -> None:
+        """OptionsError for a voice the token2wav file lacks (reads only the file's header)."""
+        if self._voices is None:
+            from pocketomni.engine.weights import KEY_SPEAKERS, read_metadata
+
+            self._voices = tuple(read_metadata(self.folder.token2wav).get(KEY_SPEAKERS) or ())  # type: ignore[arg-type]
+        if voice not in self._voices:
+            raise OptionsError(f"unknown voice {voice!r}; this model has {', '.join(sorted(self._voices))}")
 
     def _speech_engine(self) -> SpeechEngine:
         """The talker + token2wav shared by this model's speech chats (loaded on first use)."""
@@ -179,6 +204,10 @@ class Omni:
 
         self._check_open()
         return Chat.restore(self, Path(path))
+
+    async def arestore_chat(self, path: str | os.PathLike[str]) -> Chat:
+        """`restore_chat(path)` in a worker thread."""
+        return await asyncio.to_thread(self.restore_chat, path)
 
     def _register(self, chat: Chat) -> None:
         self._chats.add(chat)

@@ -16,6 +16,7 @@ yield its `AudioChunk`s between the `TextDelta`s; after the text, the rest of th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import threading
@@ -110,6 +111,7 @@ class Chat:
         self.options = options or GenerationOptions()
         self._session: ThinkerSession = omni._thinker.session(keep_hidden=speech)
         self._messages: list[Message] = []  # every message whose tokens are in the cache
+        self._published: tuple[Message, ...] = ()  # _messages as of the last turn's end (see messages)
         self._pending: list[int] = []  # reply tokens sampled but not yet decoded into the cache
         self._lock = threading.Lock()
         self._owner: int | None = None  # thread running a turn (a suspended send_sync holds the chat)
@@ -152,9 +154,14 @@ class Chat:
 
     @property
     def messages(self) -> list[Message]:
-        """The conversation so far (media as labels). Waits for a turn that is still stopping."""
-        with self._snapshot():
-            return list(self._messages)
+        """The conversation so far (media as labels). Never waits for a running turn: while another
+        thread runs one, the history as it was when the last turn ended; a cancelled turn that is still
+        stopping (within one token) is waited for, so its partial reply is there."""
+        flag = self._flag
+        if self._owner == threading.get_ident() or (flag is not None and flag.is_set):
+            with self._snapshot():
+                return list(self._messages)
+        return list(self._published)
 
     @property
     def tokens(self) -> list[int]:
@@ -190,6 +197,7 @@ class Chat:
                 other.close()
                 raise
             other._messages = list(self._messages)
+            other._published = tuple(other._messages)
             other._pending = list(self._pending)
             return other
 
@@ -197,6 +205,34 @@ class Chat:
         """Write the chat (history, cache, options) to one file, atomically."""
         with self._hold():
             write_chat_file(Path(path), self._saved())
+
+    async def asave(self, path: str | Path) -> None:
+        """`save(path)` in a worker thread."""
+        await asyncio.to_thread(self.save, path)
+
+    async def afork(self) -> Chat:
+        """`fork()` in a worker thread."""
+        return await asyncio.to_thread(self.fork)
+
+    async def areset(self) -> None:
+        """`reset()` in a worker thread (waits for a turn that is still stopping)."""
+        await asyncio.to_thread(self.reset)
+
+    async def aclose(self) -> None:
+        """`close()` in a worker thread (waits for a turn that is still stopping)."""
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> Chat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Chat:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def _saved(self) -> SavedChat:
         """This chat as a chat file's contents (caller holds the turn lock)."""
@@ -233,6 +269,7 @@ class Chat:
                 raise ModelFileError(f"{path} has no hidden states for a speech chat; it is corrupt")
             chat._session.set_state(saved.kv_state, saved.arrays)
             chat._messages = [Message.from_dict(m) for m in header.get("messages", [])]
+            chat._published = tuple(chat._messages)
             chat._pending = [int(t) for t in header.get("pending", [])]
         except BaseException:
             chat.close()
@@ -443,6 +480,7 @@ class Chat:
         n_new = int(layout.input_ids.size)
         decode_s = t_text - t_first if t_first else 0.0
         audio_s = talk.audio_seconds if talk is not None else 0.0
+        self._published = tuple(self._messages)  # final before Done: a reader woken by Done sees this turn
         yield Done(
             text=text,
             finish_reason=finish,
@@ -498,6 +536,7 @@ class _Held:
 
     def __exit__(self, *exc: object) -> None:
         c = self.chat
+        c._published = tuple(c._messages)  # what `messages` shows other threads until the next turn ends
         c._owner = None
         c._flag = None
         c._lock.release()
