@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import WhisperFeatureExtractor  # noqa: E402
-from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (  # noqa: E402
+from transformers import WhisperFeatureExtractor
+from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (
     _get_feat_extract_output_lengths,
 )
 
@@ -19,7 +19,7 @@ from pocketomni.audio.features import (
     n_frames,
     split_segments,
 )
-from pocketomni.errors import MediaError  # noqa: E402
+from pocketomni.errors import MediaError
 
 SR = 16000
 

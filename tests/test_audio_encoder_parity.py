@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import WhisperFeatureExtractor  # noqa: E402
-from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import (  # noqa: E402
+from transformers import WhisperFeatureExtractor
+from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import (
     Qwen2_5OmniAudioEncoderConfig,
 )
-from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder  # noqa: E402
-from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (  # noqa: E402
+from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder
+from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (
     _get_feat_extract_output_lengths,
 )
 
-from pocketomni.audio.features import log_mel_segments, split_segments  # noqa: E402
-from pocketomni.audio.tower import AudioEncoder, AudioEncoderConfig, audio_tower_names  # noqa: E402
-from pocketomni.errors import MediaError, ModelFileError  # noqa: E402
+from pocketomni.audio.features import log_mel_segments, split_segments
+from pocketomni.audio.tower import AudioEncoder, AudioEncoderConfig, audio_tower_names
+from pocketomni.errors import MediaError, ModelFileError
 
 SR = 16000
 SHAPES = {

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from pocketomni.backend.cpu_guard import current_decision
-from pocketomni.cli.doctor import DEMO_STAGE, DEMO_TIMEOUT, SMOKE_STAGES, run_stage
 from pocketomni.cli import doctor
+from pocketomni.cli.doctor import DEMO_STAGE, DEMO_TIMEOUT, SMOKE_STAGES, run_stage
 from pocketomni.cli.main import main
 
 SECTIONS = ["system", "cpu", "llama.cpp", "guard", "numpy", "audio", "memory"]

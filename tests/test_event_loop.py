@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 
 import pocketomni as po
+from pocketomni.audio.tower import AudioEncoder
 from pocketomni.backend.context import LlamaContext
 from pocketomni.backend.llama import LlamaModel
-from pocketomni.audio.tower import AudioEncoder
 from pocketomni.backend.mtmd import MtmdContext
 from pocketomni.chat import chat as chat_module
 from pocketomni.engine.talker import Talker

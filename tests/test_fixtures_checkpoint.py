@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omni_fixtures import VARIANTS, build_checkpoint, load_processor, load_reference  # noqa: E402
-from omni_fixtures.config import VARIANT_SPECS  # noqa: E402
-from omni_fixtures.corpus import CORPUS  # noqa: E402
-from omni_fixtures.reference import has_video_processor  # noqa: E402
-from omni_fixtures.tokenizer import SPECIAL_IDS, tiktoken_encoding  # noqa: E402
+from omni_fixtures import VARIANTS, build_checkpoint, load_processor, load_reference
+from omni_fixtures.config import VARIANT_SPECS
+from omni_fixtures.corpus import CORPUS
+from omni_fixtures.reference import has_video_processor
+from omni_fixtures.tokenizer import SPECIAL_IDS, tiktoken_encoding
 
 HUB_FILES = [
     "added_tokens.json", "chat_template.json", "config.json", "generation_config.json", "merges.txt",

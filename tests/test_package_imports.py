@@ -35,7 +35,7 @@ def test_public_names_resolve() -> None:
         obj = getattr(po, name)  # AttributeError if __all__ lists a name the package does not have
         if name == "__version__":
             pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
-            assert obj == re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1), \
+            assert obj == re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE).group(1), \
                 "pocketomni.__version__ is out of step with pyproject.toml"
             continue
         if isinstance(obj, types.UnionType):  # event unions: every member is one of ours
@@ -57,7 +57,7 @@ def test_readme_api_matches_the_exports() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme.split("### API at a glance", 1)[1].split("\n## ", 1)[0]
     exported = set(po.__all__) - {"__version__"}
-    table_names = set(re.findall(r"^\| `([A-Za-z_]+)`", section, re.M))
+    table_names = set(re.findall(r"^\| `([A-Za-z_]+)`", section, re.MULTILINE))
     assert table_names == exported, (sorted(table_names - exported), sorted(exported - table_names))
     used = set(re.findall(r"\bpo\.([A-Za-z_]+)", readme))
     assert used <= exported, f"the README uses names that are not exported: {sorted(used - exported)}"

@@ -31,7 +31,7 @@ from pocketomni.options import SpeechOptions
 
 torch.set_num_threads(1)
 
-from test_talker_convert import convert_speech  # noqa: E402
+from test_talker_convert import convert_speech
 
 STEPS = 40
 REPLY_TOKENS = 10
@@ -276,7 +276,7 @@ def test_bad_inputs_are_rejected(case):
 def test_context_bounds_the_number_of_codes(case):
     from pocketomni.errors import ContextOverflowError
 
-    embed = lambda ids: case.embed[np.asarray(ids)]  # noqa: E731
+    embed = lambda ids: case.embed[np.asarray(ids)]
     with Talker(case.talker_path, case.t2w_path, 1, thinker_embed=embed, n_ctx=64, kv_f32=True) as tk:
         room = tk.ctx.n_ctx - (len(case.prompt_eh) + 2) + 1  # llama.cpp rounds n_ctx up (to 256)
         codes = tk.generate_codes(

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from pocketomni.audio.vad import VadConfig
 from pocketomni.audio.wav import save_wav
 from pocketomni.errors import (
     ContextOverflowError,
@@ -23,7 +24,6 @@ from pocketomni.errors import (
     OptionsError,
     PocketOmniError,
 )
-from pocketomni.audio.vad import VadConfig
 from pocketomni.events import AudioChunk, Done, Event, TextDelta, Timings, Usage
 from pocketomni.options import GenerationOptions, SpeechOptions
 from pocketomni.voice.events import (

@@ -29,3 +29,11 @@ class OptionsError(PocketOmniError, ValueError):
 
 class FeatureUnavailableError(PocketOmniError):
     """The loaded model folder lacks a file a feature needs (e.g. speech without the talker)."""
+
+
+class InternalError(RuntimeError):
+    """A broken invariant inside PocketOmni: a bug to report, never caused by the input. Deliberately
+    not a PocketOmniError, so handlers of user errors do not swallow it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message} (a PocketOmni bug: please report it with the steps that led here)")

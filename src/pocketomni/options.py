@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from typing_extensions import Self
+
 from pocketomni.errors import OptionsError
 
 T = TypeVar("T", bound="_Options")
@@ -16,7 +18,7 @@ class _Options:
     """Shared validation: construct from keyword arguments or a mapping, reject unknown keys."""
 
     @classmethod
-    def from_dict(cls: type[T], values: Mapping[str, Any] | None = None, **kwargs: Any) -> T:
+    def from_dict(cls, values: Mapping[str, Any] | None = None, **kwargs: Any) -> Self:
         """Build options from a mapping and/or keywords; unknown keys raise OptionsError."""
         merged = {**(values or {}), **kwargs}
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -27,7 +29,7 @@ class _Options:
             )
         return cls(**merged)
 
-    def replace(self: T, **changes: Any) -> T:
+    def replace(self, **changes: Any) -> Self:
         """A copy with some fields changed (validated like the constructor)."""
         return type(self).from_dict(dataclasses.asdict(self), **changes)  # type: ignore[call-overload]
 

@@ -113,7 +113,7 @@ def _check(v: Variant) -> None:
 def hub_config(v: Variant) -> dict:
     """config.json for variant `v`, in the key style of the real Qwen2.5-Omni-7B repo."""
     _check(v)
-    rope = lambda sec: {"mrope_section": list(sec), "rope_type": "default", "type": "default"}  # noqa: E731
+    rope = lambda sec: {"mrope_section": list(sec), "rope_type": "default", "type": "default"}
     audio = {
         "model_type": "qwen2_5_omni_audio_encoder",
         "activation_dropout": 0.0, "activation_function": "gelu", "attention_dropout": 0.0,

@@ -97,7 +97,7 @@ def read_cpu_features() -> CpuFeatures:
 
 def ggml_library() -> ctypes.CDLL | None:
     """libggml as llama-cpp-python loaded it (same folder, so the same copy), or None if not found."""
-    import llama_cpp.llama_cpp as L  # noqa: F401  (loads libllama and with it libggml)
+    import llama_cpp.llama_cpp as L
 
     folder = Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(L.__file__).parent / "lib")
     names = {"darwin": ["libggml.dylib"], "win32": ["ggml.dll"]}.get(sys.platform, ["libggml.so"])

@@ -36,7 +36,7 @@ from pocketomni.engine.positions import (
     ImageSegment,
     VideoSegment,
 )
-from pocketomni.errors import FeatureUnavailableError, ModelFileError, PocketOmniError
+from pocketomni.errors import FeatureUnavailableError, InternalError, ModelFileError, PocketOmniError
 from pocketomni.media.audio import PreparedAudio, prepare_audio
 from pocketomni.media.image import ImageConfig, PreparedImage, prepare_image
 from pocketomni.media.video import PreparedVideo, VideoConfig, prepare_video
@@ -215,7 +215,7 @@ class MediaEncoders:
     def encode(self, item: PreparedMedia) -> np.ndarray:
         """Embedding rows (n_tokens, n_embd) of one prepared image or audio item (videos: encode_parts)."""
         if item.video is not None:
-            raise ValueError("a video has frame rows and sound rows; use encode_parts")
+            raise InternalError("encode() got a video, which has frame rows and sound rows; use encode_parts")
         return self.encode_parts(item)[item.kind]
 
     def encode_parts(self, item: PreparedMedia) -> dict[int, np.ndarray]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pocketomni.errors import OptionsError, PocketOmniError
+from pocketomni.errors import InternalError, OptionsError, PocketOmniError
 from pocketomni.options import SpeechOptions
 from pocketomni.token2wav import SAMPLE_RATE, Token2Wav, get_preset
 
@@ -210,7 +210,7 @@ class SpeechReply:
         s = self.session
         hidden = s.history.hidden
         if hidden is None:
-            raise PocketOmniError("internal: a speech reply on a chat that keeps no hidden states")
+            raise InternalError("a speech reply on a chat that keeps no hidden states")
         return s.input_embeddings(start, stop) + hidden[start:stop].astype(np.float32)
 
     def add_token(self) -> list[np.ndarray]:

@@ -23,7 +23,7 @@ from pocketomni.backend.sampling import SamplingParams
 from pocketomni.chat.conversation import ChatTemplate
 from pocketomni.engine.positions import KIND_TEXT, PromptLayout, TokenIds
 from pocketomni.engine.video_input import decode_in_order, needs_ordered_decode
-from pocketomni.errors import ModelFileError, PocketOmniError
+from pocketomni.errors import InternalError, ModelFileError
 from pocketomni.options import GenerationOptions
 
 __all__ = ["MEDIA_TOKEN_IDS", "ContextSettings", "History", "Thinker", "ThinkerSession", "sampling_params"]
@@ -128,7 +128,7 @@ class History:
         self._ids[s], self._kinds[s], self._pos[:, s] = ids, kinds, positions
         if self._hidden is not None:
             if hidden is None or hidden.shape[0] != m:
-                raise PocketOmniError("internal: hidden states missing for a speech chat")
+                raise InternalError("hidden states missing for a speech chat")
             self._hidden[s] = hidden
         self.n += m
 
@@ -238,7 +238,7 @@ class ThinkerSession:
             rows = media.get(kind)
             sel = kinds == kind
             if rows is None or rows.shape != (int(sel.sum()), model.n_embd_inp):
-                raise PocketOmniError(f"internal: media rows of kind {kind} do not match the prompt layout")
+                raise InternalError(f"media rows of kind {kind} do not match the prompt layout")
             emb[sel] = rows
         return emb
 

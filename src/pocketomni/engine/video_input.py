@@ -41,7 +41,7 @@ import numpy as np
 
 from pocketomni.backend.batch import DecodeInterrupted, DecodeResult
 from pocketomni.backend.context import LlamaContext
-from pocketomni.errors import PocketOmniError
+from pocketomni.errors import InternalError
 from pocketomni.media.video import PreparedVideo
 
 __all__ = ["VideoCost", "causal_runs", "decode_in_order", "needs_ordered_decode", "overflow_advice", "video_cost"]
@@ -129,7 +129,7 @@ def decode_in_order(
     pos = np.asarray(positions, dtype=np.int64)
     n = pos.shape[1]
     if embeddings.shape[0] != n:
-        raise ValueError(f"{embeddings.shape[0]} embedding rows for {n} positions")
+        raise InternalError(f"{embeddings.shape[0]} embedding rows for {n} positions")
     rows4 = np.zeros((4, n), np.int64)
     rows4[:3] = pos
     floor = int(pos[0].min())  # never relabel cells of earlier turns
@@ -142,8 +142,8 @@ def decode_in_order(
         if a > 0 and _lex_gt(stored[:, :a], first).any():
             t_clamp = int(first[0, 0]) - 1
             if t_clamp < floor:
-                raise PocketOmniError(
-                    f"internal: a prompt run at t={t_clamp + 1} would need cells of earlier turns relabelled")
+                raise InternalError(
+                    f"a prompt run at t={t_clamp + 1} would need cells of earlier turns relabelled")
             relabelled = ctx.clamp_positions(seq_id, t_clamp)
             np.minimum(stored[0, :a], t_clamp, out=stored[0, :a])
         if should_stop is not None and a > 0 and should_stop():
