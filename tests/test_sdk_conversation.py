@@ -110,3 +110,39 @@ def test_stop_scanner_holds_back_possible_starts() -> None:
     s = StopScanner(["abc"])
     assert s.feed("xxab") == ("xx", False) and s.flush() == "ab"
     assert StopScanner([]).feed("anything") == ("anything", False)
+
+
+def test_media_arguments_take_one_item_or_a_list_or_tuple() -> None:
+    """images=("a.jpg", "b.jpg") is two images; (samples, rate) is one clip but a tuple of paths is
+    several; video= takes one source (a tuple is one video) or a list like the other kinds."""
+    img = np.zeros((4, 4, 3), np.uint8)
+    clip = np.zeros(1600, np.float32)
+    frames = np.zeros((2, 28, 28, 3), np.uint8)
+    kinds = lambda m: [p.kind for p in m.parts]
+    assert kinds(user_message("x", images=("a.jpg", "b.png"))) == ["image", "image", "text"]
+    assert kinds(user_message("x", images=(img, img, img))) == ["image"] * 3 + ["text"]
+    assert kinds(user_message(audio=(clip, 16000))) == ["audio"]
+    assert kinds(user_message(audio=("a.wav", "b.wav"))) == ["audio", "audio"]
+    assert kinds(user_message(audio=[(clip, 16000), (clip, 8000)])) == ["audio", "audio"]
+    assert kinds(user_message(video=(frames, 2.0))) == ["video"]
+    assert kinds(user_message(video=(frames, 2.0, clip, 16000))) == ["video"]
+    assert kinds(user_message("x", video=["a.mp4", (frames, 2.0)], images="c.jpg")) == ["video", "video", "image",
+                                                                                       "text"]
+    with pytest.raises(OptionsError, match="tuple of 3 items"):
+        user_message(video=[(frames, 2.0, clip)])
+    with pytest.raises(OptionsError, match="need their fps"):
+        user_message(video=frames)
+    with pytest.raises(OptionsError, match="images must be one input or a list"):
+        user_message(images=3)
+
+
+def test_a_misspelt_media_argument_is_named(converted_tiny) -> None:
+    import pocketomni as po
+
+    with po.Omni.load_sync(converted_tiny("base", "f32"), n_threads=1) as omni, omni.chat() as chat:
+        with pytest.raises(OptionsError, match=r"no argument 'image'; did you mean images="):
+            chat.send_sync("x", image="a.jpg")
+        with pytest.raises(OptionsError, match=r"no argument 'videos'; did you mean video="):
+            chat.send_sync("x", videos="a.mp4")
+        with pytest.raises(OptionsError, match="unknown GenerationOptions option"):
+            chat.send_sync("x", max_tokenz=3)  # a misspelt option still gets the option list

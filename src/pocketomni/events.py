@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -51,6 +52,9 @@ class Timings:
     total_seconds: float = 0.0
 
 
+FinishReason = Literal["stop", "length", "stop_string", "cancelled"]
+
+
 @dataclass(frozen=True)
 class Done:
     """The last event of a turn: why it stopped, the full reply text, usage and timings.
@@ -61,7 +65,7 @@ class Done:
     """
 
     text: str
-    finish_reason: str  # "stop", "length", "stop_string", "cancelled"
+    finish_reason: FinishReason
     usage: Usage = field(default_factory=Usage)
     timings: Timings = field(default_factory=Timings)
     tokens: tuple[int, ...] = ()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import difflib
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,6 +48,8 @@ from pocketomni.events import AudioChunk, Done, Event, TextDelta, Timings, Usage
 from pocketomni.options import GenerationOptions, resolve_options
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from pocketomni.engine.speech import SpeechEngine, SpeechReply, SpeechSettings
     from pocketomni.omni import Omni
 
@@ -125,11 +128,12 @@ class Chat:
              options: Any = None, **overrides: Any) -> ThreadStream[Event]:
         """Stream one turn: TextDelta events, then Done. `async for ev in chat.send(...)`.
 
-        images: paths, bytes, PIL images or numpy arrays; audio: paths (wav/mp3/flac) or
-        (array, sample_rate); video: a file path (needs PyAV: pip install av), (frames, fps) or
-        (frames, fps, audio, sample_rate), sampled at 2 fps with its sound track interleaved in 2 s
-        chunks unless use_audio_in_video=False. The turn holds the video, the images, then the audio
-        clips, then the text.
+        images, audio, video: one input or a list (or tuple) of inputs. images: paths, bytes, PIL
+        images or numpy arrays; audio: paths (wav/mp3/flac), bytes or (array, sample_rate); video: a
+        file path (needs PyAV: pip install av), (frames, fps) or (frames, fps, audio, sample_rate),
+        sampled at 2 fps with its sound track interleaved in 2 s chunks unless use_audio_in_video=False.
+        The turn holds the videos, the images, then the audio clips, then the text. A misspelt argument
+        (image=) is named as such.
         messages: OpenAI-style messages to append instead (the last one a user message).
         options / keyword overrides: GenerationOptions fields (max_tokens, temperature, ...).
         Breaking out of the loop or cancelling the task stops decoding within one token.
@@ -222,13 +226,13 @@ class Chat:
         """`close()` in a worker thread (waits for a turn that is still stopping)."""
         await asyncio.to_thread(self.close)
 
-    def __enter__(self) -> Chat:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def __aenter__(self) -> Chat:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -295,6 +299,7 @@ class Chat:
     def _request(self, text: Any, images: Any, audio: Any, messages: Any, options: Any,
                  overrides: Mapping[str, Any], video: Any = None,
                  use_audio_in_video: bool = True) -> tuple[list[Message], GenerationOptions, SamplingParams]:
+        _check_argument_names(overrides)
         opts = resolve_options(self.options, options, overrides)
         params = sampling_params(opts)
         if messages is not None:
@@ -499,6 +504,21 @@ class Chat:
             ),
             tokens=tuple(int(t) for t in reply),
         )
+
+
+SEND_ARGUMENTS = ("text", "images", "audio", "video", "use_audio_in_video", "messages", "options")
+
+
+def _check_argument_names(overrides: Mapping[str, Any]) -> None:
+    """A keyword that is neither a send() argument nor a generation option but looks like a send()
+    argument (image=, videos=) is a typo: say which, instead of 'unknown generation option'."""
+    fields = {f.name for f in dataclasses.fields(GenerationOptions)}
+    for key in overrides:
+        if key in fields:
+            continue
+        near = difflib.get_close_matches(key, SEND_ARGUMENTS, n=1, cutoff=0.7)
+        if near:
+            raise OptionsError(f"send() has no argument {key!r}; did you mean {near[0]}=...?")
 
 
 class _Abandoned(Exception):

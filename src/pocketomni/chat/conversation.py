@@ -159,38 +159,48 @@ def _check_video_source(src: Any) -> None:
             raise OptionsError("pass video as a file path, (frames, fps) or (frames, fps, audio, sample_rate); "
                                f"got a tuple of {len(src)} items")
         return
-    if isinstance(src, Sequence) and not isinstance(src, (bytes, bytearray)):
-        raise OptionsError("one video per turn item: pass video=path, video=(frames, fps) or "
-                           "video=(frames, fps, audio, sample_rate); frames alone need their fps")
+    if isinstance(src, np.ndarray):
+        raise OptionsError("video frames alone need their fps: pass video=(frames, fps) or "
+                           "(frames, fps, audio, sample_rate)")
     raise OptionsError(f"unsupported video input {type(src).__name__}; pass a file path, (frames, fps) or "
-                       "(frames, fps, audio, sample_rate)")
+                       "(frames, fps, audio, sample_rate), or a list of those")
+
+
+def _is_clip(x: Any) -> bool:
+    """(samples, sample_rate): one audio clip, not a list of two inputs."""
+    return (isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], (int, np.integer))
+            and not isinstance(x[1], bool) and not isinstance(x[0], (str, bytes, os.PathLike)))
 
 
 def _as_list(x: Any, what: str) -> list[Any]:
+    """One input or a list/tuple of inputs -> list (audio's (samples, rate) is one input)."""
     if x is None:
         return []
-    if isinstance(x, (str, bytes, bytearray, os.PathLike, tuple, np.ndarray)) or hasattr(x, "getpixel"):
-        return [x]  # one item (a tuple is one (samples, rate) clip)
+    if isinstance(x, (str, bytes, bytearray, os.PathLike, np.ndarray)) or hasattr(x, "getpixel"):
+        return [x]
+    if what == "audio" and _is_clip(x):
+        return [x]
     if isinstance(x, Sequence):
         return list(x)
-    raise OptionsError(f"{what} must be a list of inputs, got {type(x).__name__}")
+    raise OptionsError(f"{what} must be one input or a list of inputs, got {type(x).__name__}")
 
 
 def user_message(text: str | None = None, images: Any = None, audio: Any = None, video: Any = None,
                  use_audio_in_video: bool = True) -> Message:
-    """A user turn: the video (if any), then the images (in order), the audio clips (in order), the text.
+    """A user turn: the videos, then the images, then the audio clips (each kind in order), then the text.
 
-    video: a file path (needs PyAV), (frames, fps) or (frames, fps, audio, sample_rate); its sound
-    track is interleaved with the frames unless use_audio_in_video is False.
+    images / audio / video: one input or a list (or tuple) of inputs. video: a file path (needs PyAV),
+    (frames, fps) or (frames, fps, audio, sample_rate); its sound track is interleaved with the frames
+    unless use_audio_in_video is False. audio: a path, bytes or (samples, sample_rate).
     """
     if text is not None and not isinstance(text, str):
         raise OptionsError(f"text must be a string, got {type(text).__name__}")
     if not isinstance(use_audio_in_video, bool):
         raise OptionsError(f"use_audio_in_video must be True or False, got {use_audio_in_video!r}")
     parts = []
-    if video is not None:
-        _check_video_source(video)
-        parts.append(media_part("video", video, use_audio_in_video))
+    for v in video if isinstance(video, list) else [] if video is None else [video]:  # a tuple is one video
+        _check_video_source(v)
+        parts.append(media_part("video", v, use_audio_in_video))
     parts += [media_part("image", s) for s in _as_list(images, "images")]
     parts += [media_part("audio", s) for s in _as_list(audio, "audio")]
     if text:
