@@ -24,6 +24,7 @@ from test_parity_media_stock import RTOL, reference, relative_gap
 
 from pocketomni.backend import LlamaContext, LlamaModel
 from pocketomni.backend.kv_state import cell_positions, clamp_cell_positions, set_cell_t
+from pocketomni.engine.ordered_decode import causal_runs, decode_in_order
 from pocketomni.engine.positions import (
     KIND_TEXT,
     TextSegment,
@@ -31,7 +32,6 @@ from pocketomni.engine.positions import (
     build_prompt,
     position_order_is_causal,
 )
-from pocketomni.engine.video_input import causal_runs, decode_in_order
 
 torch.set_num_threads(1)
 

@@ -1,6 +1,6 @@
 """Video parity (issue 5): frames through mtmd in temporal pairs, the sound track through our exact audio
 encoder, interleaved per 2 s chunk with TMRoPE positions and decoded in sequence order
-(pocketomni.engine.video_input), against transformers with use_audio_in_video=True (and without sound).
+(pocketomni.engine.video_limits), against transformers with use_audio_in_video=True (and without sound).
 
 The reference's video processor needs torchvision (absent), so its inputs are built here in numpy the
 way that processor lays them out: pixel_values_videos = rescaled, normalised frames cut into

@@ -13,7 +13,7 @@ from video_files import write_clip
 import pocketomni as po
 from pocketomni.chat.conversation import user_message
 from pocketomni.engine.positions import KIND_AUDIO, KIND_VIDEO, TokenIds
-from pocketomni.engine.video_input import overflow_advice, video_cost
+from pocketomni.engine.video_limits import overflow_advice, video_cost
 from pocketomni.errors import ContextOverflowError, MediaError, OptionsError
 from pocketomni.media.video import VideoConfig, prepare_video
 

@@ -7,6 +7,8 @@ from typing import Literal
 
 import numpy as np
 
+from pocketomni.audio.rates import OUTPUT_RATE
+
 
 @dataclass(frozen=True)
 class TextDelta:
@@ -20,7 +22,7 @@ class AudioChunk:
     """A piece of the spoken reply: mono float32 samples in [-1, 1]."""
 
     samples: np.ndarray
-    sample_rate: int = 24000
+    sample_rate: int = OUTPUT_RATE
 
     @property
     def duration(self) -> float:

@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Omni"]
 
-# Spoken replies (talker + token2wav) are wired into Chat (see speech.py).
-SPEECH_IN_CHAT = True
-
 
 class Omni:
     """A loaded Qwen2.5-Omni model. Create with `Omni.load(...)` (async) or `Omni.load_sync(...)`."""
@@ -118,7 +115,7 @@ class Omni:
     @property
     def capabilities(self) -> Capabilities:
         """What this model can do (vision, audio input, speech output)."""
-        return self.folder.capabilities(exact_audio=self._media.exact_audio, speech_runtime=SPEECH_IN_CHAT)
+        return self.folder.capabilities(exact_audio=self._media.exact_audio)
 
     @property
     def n_ctx(self) -> int:
@@ -147,10 +144,6 @@ class Omni:
         settings = None
         if speech:
             self.folder.require("speech_out")
-            if not SPEECH_IN_CHAT:
-                raise FeatureUnavailableError(
-                    "spoken replies are not wired into the chat API of this version yet; use chat(speech=False)"
-                )
             settings = SpeechSettings.resolve(voice, speech_preset, speech_options, speech_streaming)
             self._check_voice(settings.voice)
             if system is None:

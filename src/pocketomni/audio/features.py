@@ -22,9 +22,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from pocketomni.audio.rates import INPUT_RATE
 from pocketomni.errors import MediaError
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = INPUT_RATE
 N_FFT = 400
 HOP = 160
 N_MELS = 128

@@ -34,6 +34,7 @@ from pocketomni.audio.devices import (
     list_devices,
     pick_rate,
 )
+from pocketomni.audio.rates import INPUT_RATE, OUTPUT_RATE
 from pocketomni.audio.resample import StreamResampler
 from pocketomni.errors import FeatureUnavailableError, OptionsError, PocketOmniError
 
@@ -50,8 +51,6 @@ __all__ = [
     "list_devices",
 ]
 
-OUTPUT_RATE = 24000  # token2wav output
-INPUT_RATE = 16000  # audio encoder input
 
 
 # ---------------------------------------------------------------- playback

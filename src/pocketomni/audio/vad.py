@@ -35,6 +35,7 @@ from typing import Literal
 
 import numpy as np
 
+from pocketomni.audio.rates import INPUT_RATE
 from pocketomni.errors import OptionsError
 
 __all__ = ["VadConfig", "VadEvent", "VoiceActivityDetector", "detect_speech"]
@@ -51,7 +52,7 @@ _EPS = 1e-12
 class VadConfig:
     """Detector settings; times in milliseconds, levels in dB."""
 
-    sample_rate: int = 16000
+    sample_rate: int = INPUT_RATE
     frame_ms: float = 20.0
     min_speech_ms: float = 120.0  # active audio needed before speech_start
     end_silence_ms: float = 700.0  # silence that ends the turn

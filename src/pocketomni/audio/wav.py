@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketomni.audio.rates import OUTPUT_RATE
 from pocketomni.errors import OptionsError
 from pocketomni.events import AudioChunk
 
@@ -37,7 +38,7 @@ def _samples(samples: np.ndarray | Iterable[AudioChunk], sample_rate: int) -> np
 
 
 def save_wav(path: str | os.PathLike[str], samples: np.ndarray | Iterable[AudioChunk],
-             sample_rate: int = 24000) -> Path:
+             sample_rate: int = OUTPUT_RATE) -> Path:
     """Write mono float samples in [-1, 1] (or a turn's AudioChunk events) as a 16-bit PCM WAV file.
 
     Values outside [-1, 1] are clipped. Returns the path written.

@@ -26,43 +26,6 @@ class CancelFlag:
         return self._event.is_set()
 
 
-async def iterate_in_thread(produce: Callable[[CancelFlag], Iterator[T]]) -> AsyncIterator[T]:
-    """Run `produce(flag)` in a worker thread and yield its items in the event loop.
-
-    When the consumer stops early (break, aclose, task cancellation) the flag is set and this waits
-    for the worker to finish, so the producer can leave its state consistent before anything else runs.
-    Exceptions raised by the producer are re-raised in the consumer.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[object] = asyncio.Queue()
-    flag = CancelFlag()
-    failure: list[BaseException] = []
-
-    def worker() -> None:
-        try:
-            for item in produce(flag):
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-        except BaseException as e:  # noqa: BLE001 -- re-raised in the consumer
-            failure.append(e)
-        finally:
-            loop.call_soon_threadsafe(queue.put_nowait, _END)
-
-    thread = threading.Thread(target=worker, name="pocketomni-worker", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = await queue.get()
-            if item is _END:
-                break
-            yield item  # type: ignore[misc]
-    finally:
-        flag.set()
-        # Wait for the worker without blocking the loop; shield so a second cancel cannot leave it running.
-        await asyncio.shield(asyncio.to_thread(thread.join))
-    if failure:
-        raise failure[0]
-
-
 class ThreadStream(AsyncIterator[T]):
     """An async iterator over `produce(flag)` run in a worker thread, with prompt cancellation.
 

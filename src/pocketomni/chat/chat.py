@@ -42,7 +42,7 @@ from pocketomni.chat.conversation import (
 from pocketomni.chat.store import SavedChat, read_chat_file, write_chat_file
 from pocketomni.engine.positions import KIND_TEXT, Segment, TextSegment, build_prompt
 from pocketomni.engine.thinker import MEDIA_TOKEN_IDS, ThinkerSession, sampling_params
-from pocketomni.engine.video_input import overflow_advice, video_cost
+from pocketomni.engine.video_limits import overflow_advice, video_cost
 from pocketomni.errors import ContextOverflowError, MediaError, ModelFileError, OptionsError, PocketOmniError
 from pocketomni.events import AudioChunk, Done, Event, TextDelta, Timings, Usage
 from pocketomni.options import GenerationOptions, resolve_options

@@ -24,7 +24,7 @@ import numpy as np
 from pocketomni.errors import MediaError, ModelFileError, OptionsError
 
 __all__ = [
-    "AUDIO_PLACEHOLDER", "IMAGE_PLACEHOLDER", "SPEECH_SYSTEM_PROMPT", "VIDEO_PLACEHOLDER", "ChatTemplate", "Message",
+    "AUDIO_PLACEHOLDER", "IMAGE_PLACEHOLDER", "VIDEO_PLACEHOLDER", "ChatTemplate", "Message",
     "Part",
     "parse_messages", "render_delta", "split_rendered", "user_message",
 ]
@@ -33,11 +33,6 @@ IMAGE_PLACEHOLDER = "<|vision_bos|><|IMAGE|><|vision_eos|>"
 AUDIO_PLACEHOLDER = "<|audio_bos|><|AUDIO|><|audio_eos|>"
 VIDEO_PLACEHOLDER = "<|vision_bos|><|VIDEO|><|vision_eos|>"
 _PLACEHOLDER_OF = {"image": IMAGE_PLACEHOLDER, "audio": AUDIO_PLACEHOLDER, "video": VIDEO_PLACEHOLDER}
-# The system prompt the released model needs for spoken replies (from its model card).
-SPEECH_SYSTEM_PROMPT = (
-    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
-    "auditory and visual inputs, as well as generating text and speech."
-)
 ROLES = ("system", "user", "assistant")
 _SENTINEL = "\x00pocketomni-reply\x00"  # stands for the last (cached) assistant reply when rendering deltas
 _PLACEHOLDERS = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(AUDIO_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)})")

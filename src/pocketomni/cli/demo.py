@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from pocketomni.audio.rates import INPUT_RATE, OUTPUT_RATE
 from pocketomni.audio.wav import save_wav
 
 DEMO_QUANT = "q8_0"
@@ -115,7 +116,7 @@ def demo_image(width: int = 336, height: int = 224) -> np.ndarray:
     return img.astype(np.uint8)
 
 
-def demo_audio(seconds: float = 2.0, rate: int = 16000) -> tuple[np.ndarray, int]:
+def demo_audio(seconds: float = 2.0, rate: int = INPUT_RATE) -> tuple[np.ndarray, int]:
     """A generated sound (float32 mono): a rising chirp, then three short beeps."""
     t = np.arange(int(seconds * rate)) / rate
     half = seconds / 2
@@ -180,7 +181,7 @@ async def run_demo(out: Path, speak: bool = True, rebuild: bool = False, threads
                     print("\n" + _stats(ev), file=stdout)
             if audio:
                 wav = out / f"demo-reply-{turn}.wav"
-                save_wav(wav, np.concatenate(audio), 24000)
+                save_wav(wav, np.concatenate(audio), OUTPUT_RATE)
                 print(f"  [spoken reply: {wav}]", file=stdout)
     print(f"\ndone in {time.perf_counter() - t0:.1f} s. The words above are random: the weights are.", file=stdout)
     return 0

@@ -91,11 +91,11 @@ class ModelFolder:
         """True when the talker and token2wav files are both present."""
         return self.talker is not None and self.token2wav is not None
 
-    def capabilities(self, exact_audio: bool = False, speech_runtime: bool = True) -> Capabilities:
+    def capabilities(self, exact_audio: bool = False) -> Capabilities:
         """The features these files support (speech only when the runtime can speak, too)."""
         return Capabilities(
             text=True, vision=self.vision, audio_in=self.audio_in,
-            speech_out=self.has_speech_files and speech_runtime, exact_audio=exact_audio and self.audio_in,
+            speech_out=self.has_speech_files, exact_audio=exact_audio and self.audio_in,
         )
 
     def require(self, feature: str) -> None:

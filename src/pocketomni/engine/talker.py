@@ -29,7 +29,7 @@ import numpy as np
 from pocketomni.backend.context import LlamaContext
 from pocketomni.backend.llama import LlamaModel
 from pocketomni.backend.sampling import SamplingParams, sample
-from pocketomni.engine.video_input import decode_in_order, needs_ordered_decode
+from pocketomni.engine.ordered_decode import decode_in_order, needs_ordered_decode
 from pocketomni.engine.weights import Token2WavWeights, load_token2wav
 from pocketomni.errors import ContextOverflowError, ModelFileError, OptionsError, PocketOmniError
 from pocketomni.options import SpeechOptions

@@ -21,8 +21,8 @@ from pocketomni.backend.context import LlamaContext
 from pocketomni.backend.llama import LlamaModel
 from pocketomni.backend.sampling import SamplingParams
 from pocketomni.chat.conversation import ChatTemplate
+from pocketomni.engine.ordered_decode import decode_in_order, needs_ordered_decode
 from pocketomni.engine.positions import KIND_TEXT, PromptLayout, TokenIds
-from pocketomni.engine.video_input import decode_in_order, needs_ordered_decode
 from pocketomni.errors import InternalError, ModelFileError
 from pocketomni.options import GenerationOptions
 

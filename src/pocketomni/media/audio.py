@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from pocketomni.audio.rates import INPUT_RATE
 from pocketomni.engine.positions import audio_tokens_from_samples
 from pocketomni.errors import FeatureUnavailableError, MediaError
 
@@ -49,7 +50,7 @@ __all__ = [
     "to_mono",
 ]
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = INPUT_RATE
 MAX_SECONDS = 1800.0
 MIN_SAMPLES = 321  # 3 mel frames at hop 160: the shortest clip that yields one LLM token
 SEGMENT_SAMPLES = 300 * SAMPLE_RATE  # one reference audio input holds at most 300 s

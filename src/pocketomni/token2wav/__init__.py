@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pocketomni.audio.rates import OUTPUT_RATE
 from pocketomni.token2wav.bigvgan import BigVGAN
 from pocketomni.token2wav.config import BigVGANConfig, DiTConfig
 from pocketomni.token2wav.dit import DiT, SpeakerCond
@@ -36,7 +37,7 @@ __all__ = [
     "make_plan",
 ]
 
-SAMPLE_RATE = 24000
+SAMPLE_RATE = OUTPUT_RATE
 DIT_PREFIX = "code2wav_dit_model."
 BIGVGAN_PREFIX = "code2wav_bigvgan_model."
 

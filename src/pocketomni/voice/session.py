@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from pocketomni.audio.rates import INPUT_RATE
 from pocketomni.audio.vad import VadConfig, VoiceActivityDetector
 from pocketomni.errors import FeatureUnavailableError, OptionsError, PocketOmniError
 from pocketomni.events import AudioChunk, Done, TextDelta
@@ -61,7 +62,7 @@ __all__ = ["BargeIn", "Listening", "OutputStatus", "ReplyDone", "SessionClosed",
            "VoiceError", "VoiceEvent", "VoiceSession"]
 
 log = logging.getLogger("pocketomni.voice.session")
-RATE = 16000  # capture rate: the audio encoder's
+RATE = INPUT_RATE  # capture rate: the audio encoder's
 MIN_TURN_SECONDS = 0.2  # shorter push-to-talk presses are ignored (a tap, not a question)
 PTT_PRE_ROLL_SECONDS = 0.25  # audio kept from just before a push-to-talk press
 
