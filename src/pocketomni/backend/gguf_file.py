@@ -269,6 +269,16 @@ class GGUFFile:
             raise ModelFileError(f"{self.path} has no tensor {name!r}; it is not the expected kind of model file.")
         return t
 
+    def read_array(self, name: str) -> np.ndarray:
+        """A tensor in numpy order: F32 and F16 as read-only views of the file (no copy, clean pages the
+        OS can drop), other types dequantized to float32."""
+        info = self.tensor(name)
+        if info.ggml_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            dt = np.float32 if info.ggml_type == GGMLQuantizationType.F32 else np.float16
+            return np.memmap(self.path, dtype=dt, mode="r", offset=info.offset, shape=info.shape)
+        raw = np.memmap(self.path, dtype=np.uint8, mode="r", offset=info.offset, shape=(info.n_bytes,))
+        return np.asarray(dequantize(np.asarray(raw), info.ggml_type), dtype=np.float32).reshape(info.shape)
+
 
 class EmbeddingRows:
     """Reads and dequantizes single rows of a 2-D tensor (the token embedding table), with an LRU cache."""

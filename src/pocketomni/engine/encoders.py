@@ -23,7 +23,7 @@ import numpy as np
 
 from pocketomni.audio.features import log_mel_segments
 from pocketomni.audio.tower import AudioEncoder, AudioEncoderConfig, audio_tower_names
-from pocketomni.backend.gguf_file import GGUFFile, TensorInfo
+from pocketomni.backend.gguf_file import GGUFFile
 from pocketomni.backend.llama import LlamaModel
 from pocketomni.backend.mtmd import MtmdContext
 from pocketomni.chat.conversation import Part
@@ -101,18 +101,6 @@ def _audio_config(meta: dict[str, Any]) -> AudioEncoderConfig:
     )
 
 
-def _read_tensor(path: Path, info: TensorInfo) -> np.ndarray:
-    """A tensor as numpy: f32/f16 memory-mapped (no copy), other types dequantized to float32."""
-    from gguf import GGMLQuantizationType as QT
-    from gguf.quants import dequantize
-
-    if info.ggml_type in (QT.F32, QT.F16):
-        dt = np.float32 if info.ggml_type == QT.F32 else np.float16
-        return np.memmap(path, dtype=dt, mode="r", offset=info.offset, shape=info.shape)
-    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=info.offset, shape=(info.n_bytes,))
-    return np.asarray(dequantize(np.asarray(raw), info.ggml_type), dtype=np.float32).reshape(info.shape)
-
-
 def audio_encoder_available(mmproj: Path) -> bool:
     """True when the mmproj holds every tensor and key our exact audio encoder needs."""
     g = GGUFFile.open(mmproj)
@@ -128,7 +116,7 @@ def load_audio_encoder(mmproj: Path) -> AudioEncoder:
     g = GGUFFile.open(mmproj)
     cfg = _audio_config(g.metadata)
     names = audio_tower_names(cfg)
-    tensors = {audio_gguf_name(n): _read_tensor(g.path, g.tensor(audio_gguf_name(n))) for n in names}
+    tensors = {audio_gguf_name(n): g.read_array(audio_gguf_name(n)) for n in names}
     f32_bytes = 4 * sum(math.prod(s) for s in names.values())
     return AudioEncoder.from_gguf_tensors(cfg, tensors, audio_gguf_name, weights_f32=f32_bytes <= F32_RESIDENT_LIMIT)
 

@@ -3,8 +3,9 @@
 The token2wav GGUF (written by `pocketomni convert`) holds float32 weights under short names derived
 from the Hugging Face ones (`token2wav.code2wav_dit_model.` -> `dit.`, its speaker encoder
 `...input_embed.spk_encoder.` -> `ecapa.`, `token2wav.code2wav_bigvgan_model.` -> `bigvgan.`), the
-speaker table, the talker's input projection and the ids the talker feed needs. Only `gguf` and numpy
-are used; the file is memory-mapped and float32 tensors are used in place (`load_token2wav`).
+speaker table, the talker's input projection and the ids the talker feed needs. Read with the
+defensive header reader (backend/gguf_file.py) and numpy; the file is memory-mapped and float32
+tensors are used in place (`load_token2wav`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pocketomni.backend.gguf_file import GGUFFile
 from pocketomni.errors import ModelFileError, OptionsError
 
 TOKEN2WAV_ARCH = "qwen2_5_omni_token2wav"
@@ -68,53 +69,24 @@ def speaker_tensor_names(i: int) -> tuple[str, str]:
     return f"speaker.{i}.cond", f"speaker.{i}.ref_mel"
 
 
-def _reader(path: str | os.PathLike[str]) -> Any:
-    from gguf import GGUFReader
-
-    p = Path(path)
-    if not p.is_file():
-        raise ModelFileError(f"{p} does not exist. Convert the model again with `pocketomni convert`.")
-    try:
-        return GGUFReader(p, "r")
-    except (ValueError, OSError, KeyError, IndexError) as e:
-        raise ModelFileError(f"{p} is not a readable GGUF file ({e}). Re-convert or re-download it.") from e
-
-
-def _tensors(reader: Any, copy: bool = True) -> dict[str, np.ndarray]:
+def _tensors(g: GGUFFile, copy: bool = True) -> dict[str, np.ndarray]:
     """float32 tensors; `copy=False` returns float32 ones as read-only views of the file's memory map."""
-    from gguf import GGMLQuantizationType as QT
-    from gguf.quants import dequantize
-
     out: dict[str, np.ndarray] = {}
-    for t in reader.tensors:
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        if t.tensor_type == QT.F32:
-            arr = np.array(t.data, dtype=np.float32) if copy else np.asarray(t.data, dtype=np.float32)
-        elif t.tensor_type == QT.F16:
-            arr = np.asarray(t.data).astype(np.float32)
-        else:
-            arr = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
-        out[t.name] = arr.reshape(shape)
-    return out
-
-
-def _metadata(reader: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        out[key] = field.contents()
+    for name in g.tensors:
+        arr = g.read_array(name)
+        out[name] = np.array(arr, dtype=np.float32) if copy or arr.dtype != np.float32 else arr
     return out
 
 
 def read_tensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Every tensor of a GGUF file as float32 numpy (quantized types dequantized), numpy shape order."""
-    return _tensors(_reader(path))
+    return _tensors(GGUFFile.open(path))
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Every key/value of a GGUF file (arrays as lists, strings decoded)."""
-    return _metadata(_reader(path))
+    """Every key/value of a GGUF file (arrays as lists, strings decoded; arrays longer than 64 items,
+    such as a vocabulary, as `LongArray` placeholders)."""
+    return dict(GGUFFile.open(path).metadata)
 
 
 @dataclass(frozen=True)
@@ -167,8 +139,8 @@ def load_token2wav(path: str | os.PathLike[str]) -> Token2WavWeights:
 
     float32 tensors are read-only views of the file's memory map, not copies: their pages are clean
     file pages (shared, reclaimable), and loading never holds the weights twice."""
-    reader = _reader(path)
-    meta = _metadata(reader)
+    g = GGUFFile.open(path)
+    meta = g.metadata
     if meta.get("general.architecture") != TOKEN2WAV_ARCH:
         raise ModelFileError(
             f"{path} has architecture {meta.get('general.architecture')!r}, not {TOKEN2WAV_ARCH!r}; "
@@ -180,7 +152,7 @@ def load_token2wav(path: str | os.PathLike[str]) -> Token2WavWeights:
         for k in (KEY_T2W_CONFIG, KEY_TALKER_CONFIG, KEY_SPEAKERS, KEY_SPEAKER_BOS, *ID_KEYS.values())
         if k not in meta
     ]
-    tensors = _tensors(reader, copy=False)
+    tensors = _tensors(g, copy=False)
     missing += [n for n in (PROJ_WEIGHT, PROJ_BIAS) if n not in tensors]
     if missing:
         raise ModelFileError(
