@@ -96,6 +96,21 @@ def audio_tower_names(cfg: AudioEncoderConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def audio_gguf_name(hf: str) -> str:
+    """mmproj tensor name of an audio-tower weight (HF name relative to `thinker.audio_tower.`)."""
+    fixed = {"conv1.weight": "a.conv1d.1.weight", "conv1.bias": "a.conv1d.1.bias", "conv2.weight": "a.conv1d.2.weight",
+             "conv2.bias": "a.conv1d.2.bias", "ln_post.weight": "a.post_ln.weight", "ln_post.bias": "a.post_ln.bias",
+             "proj.weight": "mm.a.fc.weight", "proj.bias": "mm.a.fc.bias"}
+    if hf in fixed:
+        return fixed[hf]
+    _, i, rest = hf.split(".", 2)  # layers.<i>.<rest>
+    leaf = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+            "self_attn.out_proj": "attn_out", "self_attn_layer_norm": "ln1", "final_layer_norm": "ln2",
+            "fc1": "ffn_up", "fc2": "ffn_down"}
+    stem, kind = rest.rsplit(".", 1)
+    return f"a.blk.{i}.{leaf[stem]}.{kind}"
+
+
 # --- numerics -------------------------------------------------------------------------------------
 
 # erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, float32-level), for the exact (erf) GELU.

@@ -21,6 +21,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
+from pocketomni.audio.tower import AudioEncoderConfig, audio_gguf_name, audio_tower_names
 from pocketomni.convert.checkpoint import Checkpoint, cfg_get
 from pocketomni.convert.safetensors import MappedFiles, TensorInfo, iter_rows_f32, read_f32
 from pocketomni.convert.writer import GGUFPlan, TensorSpec, add_meta_strings, can_store, one_block
@@ -120,37 +121,10 @@ def audio_names(ckpt: Checkpoint) -> tuple[dict[str, Any], dict[str, tuple[str, 
         raise _fail("audio encoder must use activation 'gelu' without embedding scaling (as released).")
     sizes = {"hidden": d, "ffn": ff, "heads": heads, "layers": layers, "mels": mels, "out": out,
              "positions": positions}
-    names = {
-        f"{A}conv1.weight": ("a.conv1d.1.weight", (d, mels, 3)),
-        f"{A}conv1.bias": ("a.conv1d.1.bias", (d,)),
-        f"{A}conv2.weight": ("a.conv1d.2.weight", (d, d, 3)),
-        f"{A}conv2.bias": ("a.conv1d.2.bias", (d,)),
-    }
-    for i in range(layers):
-        h, b = f"{A}layers.{i}.", f"a.blk.{i}."
-        names.update({
-            f"{h}self_attn.q_proj.weight": (f"{b}attn_q.weight", (d, d)),
-            f"{h}self_attn.q_proj.bias": (f"{b}attn_q.bias", (d,)),
-            f"{h}self_attn.k_proj.weight": (f"{b}attn_k.weight", (d, d)),
-            f"{h}self_attn.v_proj.weight": (f"{b}attn_v.weight", (d, d)),
-            f"{h}self_attn.v_proj.bias": (f"{b}attn_v.bias", (d,)),
-            f"{h}self_attn.out_proj.weight": (f"{b}attn_out.weight", (d, d)),
-            f"{h}self_attn.out_proj.bias": (f"{b}attn_out.bias", (d,)),
-            f"{h}self_attn_layer_norm.weight": (f"{b}ln1.weight", (d,)),
-            f"{h}self_attn_layer_norm.bias": (f"{b}ln1.bias", (d,)),
-            f"{h}final_layer_norm.weight": (f"{b}ln2.weight", (d,)),
-            f"{h}final_layer_norm.bias": (f"{b}ln2.bias", (d,)),
-            f"{h}fc1.weight": (f"{b}ffn_up.weight", (ff, d)),
-            f"{h}fc1.bias": (f"{b}ffn_up.bias", (ff,)),
-            f"{h}fc2.weight": (f"{b}ffn_down.weight", (d, ff)),
-            f"{h}fc2.bias": (f"{b}ffn_down.bias", (d,)),
-        })
-    names.update({
-        f"{A}ln_post.weight": ("a.post_ln.weight", (d,)),
-        f"{A}ln_post.bias": ("a.post_ln.bias", (d,)),
-        f"{A}proj.weight": ("mm.a.fc.weight", (out, d)),
-        f"{A}proj.bias": ("mm.a.fc.bias", (out,)),
-    })
+    cfg = AudioEncoderConfig(num_mel_bins=mels, d_model=d, encoder_layers=layers, encoder_attention_heads=heads,
+                             encoder_ffn_dim=ff, output_dim=out)
+    # the runtime's own table of the tower's weights and their mmproj names: written as they are read
+    names = {f"{A}{hf}": (audio_gguf_name(hf), shape) for hf, shape in audio_tower_names(cfg).items()}
     return sizes, names
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pocketomni.audio.features import log_mel_segments
-from pocketomni.audio.tower import AudioEncoder, AudioEncoderConfig, audio_tower_names
+from pocketomni.audio.tower import AudioEncoder, AudioEncoderConfig, audio_gguf_name, audio_tower_names
 from pocketomni.backend.gguf_file import GGUFFile
 from pocketomni.backend.llama import LlamaModel
 from pocketomni.backend.mtmd import MtmdContext
@@ -41,7 +41,7 @@ from pocketomni.media.audio import PreparedAudio, prepare_audio
 from pocketomni.media.image import ImageConfig, PreparedImage, prepare_image
 from pocketomni.media.video import PreparedVideo, VideoConfig, prepare_video
 
-__all__ = ["MediaEncoders", "PreparedMedia", "audio_gguf_name", "load_audio_encoder"]
+__all__ = ["MediaEncoders", "PreparedMedia", "load_audio_encoder"]
 
 log = logging.getLogger("pocketomni")
 
@@ -69,21 +69,6 @@ class PreparedMedia:
             return self.video.n_video_tokens + (self.segment.audio_tokens or 0)
         assert isinstance(self.segment, AudioSegment)
         return self.segment.n_tokens
-
-
-def audio_gguf_name(hf: str) -> str:
-    """mmproj tensor name of an audio-tower weight (HF name relative to `thinker.audio_tower.`)."""
-    fixed = {"conv1.weight": "a.conv1d.1.weight", "conv1.bias": "a.conv1d.1.bias", "conv2.weight": "a.conv1d.2.weight",
-             "conv2.bias": "a.conv1d.2.bias", "ln_post.weight": "a.post_ln.weight", "ln_post.bias": "a.post_ln.bias",
-             "proj.weight": "mm.a.fc.weight", "proj.bias": "mm.a.fc.bias"}
-    if hf in fixed:
-        return fixed[hf]
-    _, i, rest = hf.split(".", 2)  # layers.<i>.<rest>
-    leaf = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-            "self_attn.out_proj": "attn_out", "self_attn_layer_norm": "ln1", "final_layer_norm": "ln2",
-            "fc1": "ffn_up", "fc2": "ffn_down"}
-    stem, kind = rest.rsplit(".", 1)
-    return f"a.blk.{i}.{leaf[stem]}.{kind}"
 
 
 def _audio_config(meta: dict[str, Any]) -> AudioEncoderConfig:
