@@ -387,3 +387,30 @@ def test_quantized_folder_chats(converted_tiny) -> None:
         d1 = _run(chat, "Look", images=[_image(4)], audio=[(_audio(0.5), 16000)])
         d2 = _run(chat, "Again")
         assert d1.usage.media_tokens == 6 + 12 and d2.usage.reply_tokens == 3
+
+
+def test_progress_follows_media_encoding_and_prefill(omni) -> None:
+    """on_progress sees each media item encoded, then the prompt's rows prefilled up to the total
+    (several micro-batches when the prompt is longer than n_batch), from send_sync and send."""
+    seen: list[po.Progress] = []
+    with omni.chat(max_tokens=1) as chat:
+        done = _run(chat, "Describe both.", images=[_image(1), _image(2)], audio=[(_audio(0.5), 16000)],
+                    on_progress=seen.append)
+        total = done.usage.prompt_tokens
+        enc = [(p.done, p.total) for p in seen if p.stage == "encode"]
+        pre = [(p.done, p.total) for p in seen if p.stage == "prefill"]
+        assert enc == [(1, 3), (2, 3), (3, 3)]
+        assert pre and pre[-1] == (total, total) and all(t == total for _, t in pre)
+        assert [d for d, _ in pre] == sorted(d for d, _ in pre)
+        assert [p.stage for p in seen] == ["encode"] * 3 + ["prefill"] * len(pre)
+        batch = chat._session.ctx.n_batch
+        assert len(pre) >= -(-total // batch)  # at least one report per micro-batch
+
+        async def run_async() -> list[po.Progress]:
+            got: list[po.Progress] = []
+            async for _ in chat.send("Again.", on_progress=got.append):
+                pass
+            return got
+
+        got = asyncio.run(run_async())
+        assert got and got[-1].stage == "prefill" and got[-1].done == got[-1].total

@@ -24,7 +24,7 @@ from pocketomni.errors import (
     OptionsError,
     PocketOmniError,
 )
-from pocketomni.events import AudioChunk, Done, Event, TextDelta, Timings, Usage
+from pocketomni.events import AudioChunk, Done, Event, Progress, TextDelta, Timings, Usage
 from pocketomni.options import GenerationOptions, SpeechOptions
 from pocketomni.voice.events import (
     BargeIn,
@@ -60,6 +60,7 @@ __all__ = [
     "OutputStatus",
     "Part",
     "PocketOmniError",
+    "Progress",
     "ReplyDone",
     "SessionClosed",
     "SpeechOptions",

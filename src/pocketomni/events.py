@@ -54,6 +54,16 @@ class Timings:
     total_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far the work before a reply has come, passed to `send(..., on_progress=...)` from the
+    turn's worker thread: stage "encode" counts media items, "prefill" counts prompt rows."""
+
+    stage: Literal["encode", "prefill"]
+    done: int
+    total: int
+
+
 FinishReason = Literal["stop", "length", "stop_string", "cancelled"]
 
 

@@ -184,6 +184,7 @@ class LlamaContext:
         logits: Select = "last",
         hidden: Select = None,
         should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> DecodeResult:
         """Decode token ids or float32 embedding rows (n, n_embd_inp) into sequence `seq_id`.
 
@@ -192,6 +193,7 @@ class LlamaContext:
         `hidden_chunk` rows (llama.cpp then computes logits for every row, so this bounds memory).
         On a llama.cpp failure the rows this call added are removed again (all of them, except
         rows of an embedding batch placed at the sequence's previous maximum t), then it raises.
+        `progress(rows_done, rows_total)` is called after each micro-batch.
         """
         if (tokens is None) == (embeddings is None):
             raise ValueError("pass exactly one of tokens= or embeddings=")
@@ -244,6 +246,8 @@ class LlamaContext:
                     if hi < hrows.size and hrows[hi] == row:
                         self._copy(L.llama_get_embeddings_ith(ctx, r), h_addr + hi * h_row, h_row, "hidden state")
                         hi += 1
+                if progress is not None:
+                    progress(i1, n)
         return DecodeResult(lrows, out_l, hrows, out_h)
 
     def decode_tokens(self, tokens: Sequence[int] | np.ndarray, positions: Any = None, **kw: Any) -> DecodeResult:

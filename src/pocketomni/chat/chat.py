@@ -22,7 +22,7 @@ import dataclasses
 import difflib
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +44,7 @@ from pocketomni.engine.positions import KIND_TEXT, Segment, TextSegment, build_p
 from pocketomni.engine.thinker import MEDIA_TOKEN_IDS, ThinkerSession, sampling_params
 from pocketomni.engine.video_limits import overflow_advice, video_cost
 from pocketomni.errors import ContextOverflowError, MediaError, ModelFileError, OptionsError, PocketOmniError
-from pocketomni.events import AudioChunk, Done, Event, TextDelta, Timings, Usage
+from pocketomni.events import AudioChunk, Done, Event, Progress, TextDelta, Timings, Usage
 from pocketomni.options import GenerationOptions, resolve_options
 
 if TYPE_CHECKING:
@@ -125,7 +125,8 @@ class Chat:
 
     def send(self, text: str | None = None, *, images: Any = None, audio: Any = None, video: Any = None,
              use_audio_in_video: bool = True, messages: Sequence[Mapping[str, Any]] | None = None,
-             options: Any = None, **overrides: Any) -> ThreadStream[Event]:
+             options: Any = None, on_progress: Callable[[Progress], None] | None = None,
+             **overrides: Any) -> ThreadStream[Event]:
         """Stream one turn: TextDelta events, then Done. `async for ev in chat.send(...)`.
 
         images, audio, video: one input or a list (or tuple) of inputs. images: paths, bytes, PIL
@@ -136,19 +137,22 @@ class Chat:
         (image=) is named as such.
         messages: OpenAI-style messages to append instead (the last one a user message).
         options / keyword overrides: GenerationOptions fields (max_tokens, temperature, ...).
+        on_progress: called with `Progress` while media are encoded and the prompt is prefilled (from
+        the worker thread: keep it short; in an async app hand it to the loop with call_soon_threadsafe).
         Breaking out of the loop or cancelling the task stops decoding within one token.
         """
         new, opts, params = self._request(text, images, audio, messages, options, overrides, video,
                                           use_audio_in_video)
-        return ThreadStream(lambda flag: self._turn(new, opts, params, flag, wait=True))
+        return ThreadStream(lambda flag: self._turn(new, opts, params, flag, wait=True, progress=on_progress))
 
     def send_sync(self, text: str | None = None, *, images: Any = None, audio: Any = None, video: Any = None,
                   use_audio_in_video: bool = True, messages: Sequence[Mapping[str, Any]] | None = None,
-                  options: Any = None, **overrides: Any) -> Iterator[Event]:
+                  options: Any = None, on_progress: Callable[[Progress], None] | None = None,
+                  **overrides: Any) -> Iterator[Event]:
         """The blocking twin of `send`: a generator of the same events, run in the calling thread."""
         new, opts, params = self._request(text, images, audio, messages, options, overrides, video,
                                           use_audio_in_video)
-        return self._turn(new, opts, params, CancelFlag(), wait=True)
+        return self._turn(new, opts, params, CancelFlag(), wait=True, progress=on_progress)
 
     def cancel(self) -> None:
         """Stop the running turn (if any) within one token; safe from any thread."""
@@ -367,7 +371,7 @@ class Chat:
         return msgs, layout, prepared
 
     def _turn(self, new: list[Message], opts: GenerationOptions, params: SamplingParams, flag: CancelFlag,
-              wait: bool) -> Iterator[Event]:
+              wait: bool, progress: Callable[[Progress], None] | None = None) -> Iterator[Event]:
         try:
             held = self._hold(wait=wait, flag=flag).__enter__()
         except _Abandoned:
@@ -376,14 +380,14 @@ class Chat:
             if flag.is_set:
                 return
             self._flag = flag
-            yield from self._run(new, opts, params, flag)
+            yield from self._run(new, opts, params, flag, progress)
         finally:
             held.__exit__()
 
     def _run(self, new: list[Message], opts: GenerationOptions, params: SamplingParams,
-             flag: CancelFlag) -> Iterator[Event]:
+             flag: CancelFlag, progress: Callable[[Progress], None] | None = None) -> Iterator[Event]:
         if not self.speech:
-            yield from self._run_turn(new, opts, params, flag, None)
+            yield from self._run_turn(new, opts, params, flag, None, progress)
             return
         t0 = time.perf_counter()
         self._check_open()
@@ -392,23 +396,27 @@ class Chat:
             if not ok:
                 yield Done(text="", finish_reason="cancelled", timings=Timings(total_seconds=time.perf_counter() - t0))
                 return
-            yield from self._run_turn(new, opts, params, flag, engine)
+            yield from self._run_turn(new, opts, params, flag, engine, progress)
 
     def _run_turn(self, new: list[Message], opts: GenerationOptions, params: SamplingParams,
-                  flag: CancelFlag, engine: SpeechEngine | None) -> Iterator[Event]:
+                  flag: CancelFlag, engine: SpeechEngine | None,
+                  progress: Callable[[Progress], None] | None = None) -> Iterator[Event]:
         t0 = time.perf_counter()
         self._check_open()
         th, sess = self._omni._thinker, self._session
         msgs, layout, prepared = self._plan(new)
         t_media = time.perf_counter()
-        media_rows = self._omni._media.encode_all(prepared, should_stop=lambda: flag.is_set)
+        media_rows = self._omni._media.encode_all(
+            prepared, should_stop=lambda: flag.is_set,
+            progress=None if progress is None else lambda d, n: progress(Progress("encode", d, n)))
         media_s = time.perf_counter() - t_media if prepared else 0.0
         if flag.is_set:  # cancelled before the cache changed: the turn never happened
             yield Done(text="", finish_reason="cancelled", timings=Timings(total_seconds=time.perf_counter() - t0))
             return
         t_pre = time.perf_counter()
         try:
-            logits = sess.prefill(layout, media_rows, should_stop=lambda: flag.is_set)
+            logits = sess.prefill(layout, media_rows, should_stop=lambda: flag.is_set,
+                                  progress=None if progress is None else lambda d, n: progress(Progress("prefill", d, n)))
         except DecodeInterrupted:  # rolled back: the turn never happened
             yield Done(text="", finish_reason="cancelled", timings=Timings(total_seconds=time.perf_counter() - t0))
             return

@@ -58,6 +58,33 @@ def _wav_path(base: str, n: int) -> Path:
     return p if n == 1 else p.with_name(f"{p.stem}-{n}{p.suffix or '.wav'}")
 
 
+class _ProgressBar:
+    """A stderr progress bar for long media encodes and prefills (tqdm; quiet for short prompts)."""
+
+    MIN_ROWS = 512  # prompts shorter than this prefill in well under a second on a laptop
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._stage = ""
+
+    def update(self, p: Any) -> None:
+        if p.stage == "prefill" and p.total < self.MIN_ROWS and self._bar is None:
+            return
+        if self._bar is None or p.stage != self._stage:
+            self.close()
+            from tqdm import tqdm
+
+            unit = "item" if p.stage == "encode" else "row"
+            self._bar = tqdm(total=p.total, desc=p.stage, unit=unit, file=sys.stderr, leave=False)
+            self._stage = p.stage
+        self._bar.update(p.done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 def _reply(chat: Any, text: str, images: list[str], audio: list[str], out: TextIO, stats: bool,
            state: dict[str, Any] | None = None) -> None:
     import pocketomni as po
@@ -65,9 +92,11 @@ def _reply(chat: Any, text: str, images: list[str], audio: list[str], out: TextI
     state = state if state is not None else {}
     player, wav = state.get("player"), state.get("wav")
     chunks: list[Any] = []
-    events = chat.send_sync(text or None, images=images or None, audio=audio or None)
+    bar = _ProgressBar()
+    events = chat.send_sync(text or None, images=images or None, audio=audio or None, on_progress=bar.update)
     try:
         for ev in events:
+            bar.close()
             if isinstance(ev, po.TextDelta):
                 out.write(ev.text)
                 out.flush()

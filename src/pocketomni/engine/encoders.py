@@ -240,13 +240,17 @@ class MediaEncoders:
         parts = [enc.encode(mel) for mel in log_mel_segments(samples)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def encode_all(self, items: list[PreparedMedia], should_stop: Callable[[], bool] | None = None) -> dict[int, np.ndarray]:
+    def encode_all(self, items: list[PreparedMedia], should_stop: Callable[[], bool] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> dict[int, np.ndarray]:
         """Rows of every item, concatenated per kind in prompt order (KIND_* -> rows). A video's sound
-        rows join KIND_AUDIO in its place, which is the order the prompt layout uses them."""
+        rows join KIND_AUDIO in its place, which is the order the prompt layout uses them.
+        progress(items_done, items_total) follows the items."""
         by_kind: dict[int, list[np.ndarray]] = {}
-        for item in items:
+        for i, item in enumerate(items):
             if should_stop is not None and should_stop():
                 break
             for kind, rows in self.encode_parts(item).items():
                 by_kind.setdefault(kind, []).append(rows)
+            if progress is not None:
+                progress(i + 1, len(items))
         return {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in by_kind.items()}

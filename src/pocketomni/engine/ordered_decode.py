@@ -65,10 +65,12 @@ def decode_in_order(
     hidden: bool = False,
     should_stop: Callable[[], bool] | None = None,
     on_run: Callable[[int, int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DecodeResult:
     """Decode embedding rows with (3, N) positions so that every row attends to exactly the rows
     before it in sequence order. Returns the last row's logits and, with hidden=True, every row's
-    final hidden state. on_run(start, stop, n_relabelled) is called after each run (tests, stats)."""
+    final hidden state. on_run(start, stop, n_relabelled) is called after each run (tests, stats);
+    progress(rows_done, rows_total) after each micro-batch."""
     pos = np.asarray(positions, dtype=np.int64)
     n = pos.shape[1]
     if embeddings.shape[0] != n:
@@ -93,7 +95,8 @@ def decode_in_order(
             raise DecodeInterrupted(a)
         res = ctx.decode(embeddings=embeddings[a:b], positions=rows4[:, a:b], seq_id=seq_id,
                          logits="last" if b == n else None, hidden="all" if hidden else None,
-                         should_stop=should_stop)
+                         should_stop=should_stop,
+                         progress=None if progress is None else (lambda done, _, a=a: progress(a + done, n)))
         if hidden:
             hid[a:b] = res.hidden
         if b == n:

@@ -207,22 +207,26 @@ class ThinkerSession:
         return "all" if self.history.keeps_hidden else None
 
     def prefill(self, layout: PromptLayout, media: dict[int, np.ndarray],
-                should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+                should_stop: Callable[[], bool] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Decode a prompt layout; returns the logits of its last row. On failure or interruption
-        (DecodeInterrupted) the cache is rolled back to what it was."""
+        (DecodeInterrupted) the cache is rolled back to what it was. progress(rows_done, rows_total)
+        follows the micro-batches."""
         n0 = self.history.n
         ids, kinds = layout.input_ids, layout.kinds
         rows = layout.llama_rows()
         try:
             if np.all(kinds == KIND_TEXT):
                 res = self.ctx.decode(tokens=ids, positions=rows[0], logits="last", hidden=self._hidden_sel(),
-                                      should_stop=should_stop)
+                                      should_stop=should_stop, progress=progress)
             elif needs_ordered_decode(layout.positions):  # a video with its sound: positions go back in time
                 res = decode_in_order(self.ctx, self._embeddings(ids, kinds, media), layout.positions,
-                                      hidden=self.history.keeps_hidden, should_stop=should_stop)
+                                      hidden=self.history.keeps_hidden, should_stop=should_stop,
+                                      progress=progress)
             else:
                 res = self.ctx.decode(embeddings=self._embeddings(ids, kinds, media), positions=rows,
-                                      logits="last", hidden=self._hidden_sel(), should_stop=should_stop)
+                                      logits="last", hidden=self._hidden_sel(), should_stop=should_stop,
+                                      progress=progress)
         except BaseException:
             self.rollback(n0)
             raise
