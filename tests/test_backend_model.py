@@ -18,9 +18,9 @@ from test_backend_tinymodel import (
 )
 
 from pocketomni.backend.context import LlamaContext
-from pocketomni.backend.gguf_file import EmbeddingRows, GGUFFile
 from pocketomni.backend.llama import LlamaModel
 from pocketomni.errors import ModelFileError, PocketOmniError
+from pocketomni.gguf_file import EmbeddingRows, GGUFFile
 
 
 @pytest.fixture(scope="module")

@@ -199,7 +199,7 @@ def converted_tiny(tmp_path_factory, checkpoint: Path, quant: str = "q4_k_m") ->
 
 
 def test_tiny_gguf_header_scan(tmp_path: Path) -> None:
-    from pocketomni.backend.gguf_file import GGUFFile
+    from pocketomni.gguf_file import GGUFFile
 
     p = build_tiny_gguf(tmp_path / "m.gguf", TinySpec(n_layer=1))
     info = GGUFFile.open(p)

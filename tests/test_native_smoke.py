@@ -77,7 +77,7 @@ def test_q4_k_m_talker_runs(q4_folder: Path) -> None:
 
 
 def _matrix_types(path: Path) -> set[str]:
-    from pocketomni.backend.gguf_file import GGUFFile
+    from pocketomni.gguf_file import GGUFFile
 
     return {t.ggml_type.name for t in GGUFFile.open(path).tensors.values() if len(t.shape) == 2}
 

@@ -10,13 +10,12 @@ Nothing here hands llama_cpp objects to callers; every object has close() and is
 
 from pocketomni.backend.batch import DecodeInterrupted, DecodeResult
 from pocketomni.backend.context import LlamaContext
-from pocketomni.backend.gguf_file import EmbeddingRows, GGUFFile, TensorInfo
 from pocketomni.backend.llama import LlamaModel, TokenTextStream, default_threads
 from pocketomni.backend.mtmd import MediaEmbedding, MtmdContext
 from pocketomni.backend.sampling import SamplingParams, apply_repetition_penalty, sample
 
 __all__ = [
-    "DecodeInterrupted", "DecodeResult", "EmbeddingRows", "GGUFFile", "LlamaContext", "LlamaModel",
-    "MediaEmbedding", "MtmdContext", "SamplingParams", "TensorInfo", "TokenTextStream",
+    "DecodeInterrupted", "DecodeResult", "LlamaContext", "LlamaModel",
+    "MediaEmbedding", "MtmdContext", "SamplingParams", "TokenTextStream",
     "apply_repetition_penalty", "default_threads", "sample",
 ]

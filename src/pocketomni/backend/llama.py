@@ -29,8 +29,8 @@ from pocketomni.backend.cpu_guard import (
     read_cpu_features,
     repack_weights,
 )
-from pocketomni.backend.gguf_file import EmbeddingRows, GGUFFile
 from pocketomni.errors import ModelFileError, OptionsError, PocketOmniError
+from pocketomni.gguf_file import EmbeddingRows, GGUFFile
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -21,9 +21,9 @@ import numpy as np
 
 from pocketomni.backend import _log
 from pocketomni.backend.context import LlamaContext
-from pocketomni.backend.gguf_file import GGUFFile
 from pocketomni.backend.llama import LlamaModel, default_threads
 from pocketomni.errors import MediaError, ModelFileError, PocketOmniError
+from pocketomni.gguf_file import GGUFFile
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -174,7 +174,7 @@ def audio_section() -> dict[str, Any]:
 
 def _kv_and_buffers(gguf_path: Path, n_ctx: int, n_ubatch: int) -> int:
     """Estimated bytes of a llama.cpp model's f16 KV cache at n_ctx plus its logits buffer for n_ubatch rows."""
-    from pocketomni.backend.gguf_file import GGUFFile
+    from pocketomni.gguf_file import GGUFFile
 
     g = GGUFFile.open(gguf_path)
     a, m = g.arch, g.metadata
@@ -306,10 +306,10 @@ def _voice(weights: Any) -> str:
 def _stage_talker(folder: Any, threads: int | None, layout: Any) -> dict[str, Any]:
     import numpy as np
 
-    from pocketomni.backend.gguf_file import EmbeddingRows
     from pocketomni.backend.llama import LlamaModel
     from pocketomni.engine.talker import Talker
     from pocketomni.engine.weights import load_token2wav
+    from pocketomni.gguf_file import EmbeddingRows
     from pocketomni.options import SpeechOptions
 
     if folder.talker is None or folder.token2wav is None:

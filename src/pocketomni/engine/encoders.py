@@ -23,7 +23,6 @@ import numpy as np
 
 from pocketomni.audio.features import log_mel_segments
 from pocketomni.audio.tower import AudioEncoder, AudioEncoderConfig, audio_gguf_name, audio_tower_names
-from pocketomni.backend.gguf_file import GGUFFile
 from pocketomni.backend.llama import LlamaModel
 from pocketomni.backend.mtmd import MtmdContext
 from pocketomni.chat.conversation import Part
@@ -37,6 +36,7 @@ from pocketomni.engine.positions import (
     VideoSegment,
 )
 from pocketomni.errors import FeatureUnavailableError, InternalError, ModelFileError, PocketOmniError
+from pocketomni.gguf_file import GGUFFile
 from pocketomni.media.audio import PreparedAudio, prepare_audio
 from pocketomni.media.image import ImageConfig, PreparedImage, prepare_image
 from pocketomni.media.video import PreparedVideo, VideoConfig, prepare_video

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketomni.backend.gguf_file import GGUFFile
 from pocketomni.errors import FeatureUnavailableError, ModelFileError
+from pocketomni.gguf_file import GGUFFile
 
 __all__ = ["Capabilities", "ModelFolder"]
 

@@ -4,7 +4,7 @@ The token2wav GGUF (written by `pocketomni convert`) holds float32 weights under
 from the Hugging Face ones (`token2wav.code2wav_dit_model.` -> `dit.`, its speaker encoder
 `...input_embed.spk_encoder.` -> `ecapa.`, `token2wav.code2wav_bigvgan_model.` -> `bigvgan.`), the
 speaker table, the talker's input projection and the ids the talker feed needs. Read with the
-defensive header reader (backend/gguf_file.py) and numpy; the file is memory-mapped and float32
+defensive header reader (gguf_file.py) and numpy; the file is memory-mapped and float32
 tensors are used in place (`load_token2wav`).
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from pocketomni.backend.gguf_file import GGUFFile
 from pocketomni.errors import ModelFileError, OptionsError
+from pocketomni.gguf_file import GGUFFile
 
 TOKEN2WAV_ARCH = "qwen2_5_omni_token2wav"
 GGUF_NAME_MAX = 63  # ggml's GGML_MAX_NAME is 64 bytes including the terminating NUL
