@@ -6,6 +6,8 @@
 #   espeak-ng, sox       speech clips for the voice tests; measuring/converting audio by hand
 #   xvfb, x11-utils      a virtual X display for the Kivy app tests (xdpyinfo tells when it is up)
 #   libgl1-mesa-dri      software OpenGL (llvmpipe) for Kivy under Xvfb
+#   fonts-dejavu-core, fonts-noto-cjk, fonts-symbola
+#                        the demo app's font chain (Latin etc., CJK, emoji) and its every-script test
 set -euo pipefail
 packages=(
   libportaudio2
@@ -17,6 +19,9 @@ packages=(
   xvfb
   x11-utils
   libgl1-mesa-dri
+  fonts-dejavu-core
+  fonts-noto-cjk
+  fonts-symbola
 )
 missing=()
 for p in "${packages[@]}"; do

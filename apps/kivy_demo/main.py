@@ -36,19 +36,17 @@ if "ANDROID_ARGUMENT" not in os.environ:
     Config.set("graphics", "height", os.environ.get("POCKETOMNI_DEMO_HEIGHT", "640"))
 
 from engine import Engine
+from fonts import missing_roles, register_fonts
 from kivy.app import App
 from kivy.clock import Clock
-from kivy.core.text import DEFAULT_FONT, LabelBase
 from kivy.lang import Builder
 from kivy.properties import StringProperty
 from kivy.uix.boxlayout import BoxLayout
 from screens import ConversationScreen, ImagePicker, PickerScreen, TurnLabel  # noqa: F401 (kv rules)
 
-# DejaVu covers far more scripts than Kivy's bundled Roboto (model replies are multilingual).
-_DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
-if os.path.isfile(_DEJAVU):
-    _bold = _DEJAVU.replace(".ttf", "-Bold.ttf")
-    LabelBase.register(DEFAULT_FONT, _DEJAVU, fn_bold=_bold if os.path.isfile(_bold) else None)
+register_fonts()  # DejaVu Sans, then CJK and emoji fonts per character (fonts.py)
+for _role in missing_roles():
+    logging.getLogger("pocketomni.app").warning("no %s font found: some replies may show empty boxes", _role)
 
 
 class RootView(BoxLayout):

@@ -11,13 +11,13 @@ import time
 from typing import Any
 
 from engine import Conversation
+from fonts import fallback_markup
 from kivy.app import App
 from kivy.clock import Clock
 from kivy.properties import ListProperty
 from kivy.uix.label import Label
 from kivy.uix.popup import Popup
 from kivy.uix.screenmanager import Screen
-from kivy.utils import escape_markup
 
 import pocketomni as po
 from pocketomni.voice.session import (
@@ -161,10 +161,10 @@ class ConversationScreen(Screen):
     def _started(self, note: str) -> None:
         App.get_running_app().status = "Ready"
         if note:
-            self.add_line(escape_markup(note), NOTE_BG)
+            self.add_line(fallback_markup(note), NOTE_BG)
 
     def _error(self, err: BaseException) -> None:
-        self.add_line(f"[b]Error:[/b] {escape_markup(str(err))}", ERROR_BG)
+        self.add_line(f"[b]Error:[/b] {fallback_markup(str(err))}", ERROR_BG)
 
     def restart(self) -> None:
         """Voice, speed or speech changed: a new conversation with those settings."""
@@ -216,7 +216,7 @@ class ConversationScreen(Screen):
 
     def _show_reply(self, suffix: str = "") -> None:
         if self.reply is not None:
-            body = escape_markup(self.reply_text) if self.reply_text else "..."
+            body = fallback_markup(self.reply_text) if self.reply_text else "..."
             self.reply.text = f"[b]Assistant:[/b] {body}{suffix}"
 
     def on_session_event(self, ev: Any) -> None:
@@ -227,14 +227,14 @@ class ConversationScreen(Screen):
             ids.state.text = "Listening: just speak" if ev.hands_free else "Hold the button while you speak"
         elif isinstance(ev, OutputStatus):
             if not ev.speaking:
-                self.add_line(escape_markup(ev.reason), NOTE_BG)
+                self.add_line(fallback_markup(ev.reason), NOTE_BG)
         elif isinstance(ev, UserSpeaking):
             ids.state.text = "Hearing you ..."
         elif isinstance(ev, UserTurn):
             if self.reply is not None and not self._done and not self.reply_text:
                 ids.transcript.remove_widget(self.reply)  # cut short by more speech: joins the next turn
             self._done = False
-            what = escape_markup(ev.text) if ev.text else f"(spoke {ev.audio_seconds:.1f} s)"
+            what = fallback_markup(ev.text) if ev.text else f"(spoke {ev.audio_seconds:.1f} s)"
             self.add_line(f"[b]You:[/b] {what}" + (" + image" if ev.image else ""), USER_BG)
             self.reply_text, self._n_deltas, self._audio_s, self._t_first = "", 0, 0.0, 0.0
             self.reply = self.add_line("[b]Assistant:[/b] ...", MODEL_BG)
@@ -266,4 +266,4 @@ class ConversationScreen(Screen):
         elif isinstance(ev, BargeIn):
             ids.state.text = f"Interrupted ({ev.source}); stopped in {ev.stop_seconds * 1000:.0f} ms"
         elif isinstance(ev, VoiceError):
-            self.add_line(f"[b]Error:[/b] {escape_markup(ev.message)}", ERROR_BG)
+            self.add_line(f"[b]Error:[/b] {fallback_markup(ev.message)}", ERROR_BG)
