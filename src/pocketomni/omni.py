@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pocketomni.backend.llama import gpu_layers
+from pocketomni.closing import Closable
 from pocketomni.engine.encoders import MediaEncoders
 from pocketomni.engine.model_folder import Capabilities, ModelFolder
 from pocketomni.engine.thinker import ContextSettings, Thinker
@@ -26,7 +27,6 @@ from pocketomni.media.image import ImageConfig
 from pocketomni.options import GenerationOptions, resolve_options
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
 
     from pocketomni.chat.chat import Chat
     from pocketomni.engine.speech import SpeechEngine
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["Omni"]
 
 
-class Omni:
+class Omni(Closable):
     """A loaded Qwen2.5-Omni model. Create with `Omni.load(...)` (async) or `Omni.load_sync(...)`."""
 
     def __init__(
@@ -236,22 +236,6 @@ class Omni:
             if self._speech is not None:
                 self._speech.close()
         self._thinker.close()
-
-    async def aclose(self) -> None:
-        """`close()` in a worker thread (waits for running turns to stop)."""
-        await asyncio.to_thread(self.close)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         c = self.capabilities if not self._closed else None

@@ -40,6 +40,7 @@ from pocketomni.chat.conversation import (
     user_message,
 )
 from pocketomni.chat.store import SavedChat, read_chat_file, write_chat_file
+from pocketomni.closing import Closable
 from pocketomni.engine.positions import KIND_TEXT, Segment, TextSegment, build_prompt
 from pocketomni.engine.thinker import MEDIA_TOKEN_IDS, ThinkerSession, sampling_params
 from pocketomni.engine.video_limits import overflow_advice, video_cost
@@ -48,7 +49,6 @@ from pocketomni.events import AudioChunk, Done, Event, Progress, TextDelta, Timi
 from pocketomni.options import GenerationOptions, resolve_options
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
 
     from pocketomni.engine.speech import SpeechEngine, SpeechReply, SpeechSettings
     from pocketomni.omni import Omni
@@ -95,7 +95,7 @@ def _strip_sources(m: Message) -> Message:
                                 for p in m.parts), m.interrupted)
 
 
-class Chat:
+class Chat(Closable):
     """One conversation. Create with `Omni.chat()`; several chats on one model never see each other."""
 
     def __init__(self, omni: Omni, *, system: str | None = None, speech: bool = False,
@@ -225,22 +225,6 @@ class Chat:
     async def areset(self) -> None:
         """`reset()` in a worker thread (waits for a turn that is still stopping)."""
         await asyncio.to_thread(self.reset)
-
-    async def aclose(self) -> None:
-        """`close()` in a worker thread (waits for a turn that is still stopping)."""
-        await asyncio.to_thread(self.close)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     def _saved(self) -> SavedChat:
         """This chat as a chat file's contents (caller holds the turn lock)."""
