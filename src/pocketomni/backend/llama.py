@@ -269,6 +269,12 @@ class LlamaModel:
         self._check_token(token)
         return bool(L.llama_vocab_is_eog(self._vocab, int(token)))
 
+    def is_control(self, token: int) -> bool:
+        """True for control tokens (<|im_start|>, <|IMAGE|> ...): ids plain-text tokenization never yields."""
+        self._check_open()
+        self._check_token(token)
+        return bool(int(L.llama_vocab_get_attr(self._vocab, int(token))) & L.LLAMA_TOKEN_ATTR_CONTROL)
+
     # ------------------------------------------------------------------ text
 
     def _check_token(self, token: int) -> None:

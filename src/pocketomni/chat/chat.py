@@ -33,8 +33,7 @@ from pocketomni.chat.conversation import (
     Message,
     Part,
     parse_messages,
-    render_delta,
-    split_rendered,
+    render_turn,
     user_message,
 )
 from pocketomni.chat.store import SavedChat, read_chat_file, write_chat_file
@@ -289,16 +288,15 @@ class Chat:
             from pocketomni.engine.speech import check_system_prompt
 
             check_system_prompt("".join(p.text or "" for p in msgs[0].parts if p.kind == "text"))
-        text = render_delta(th.template, self._messages, msgs)
         media = [p for m in msgs for p in m.media]
-        pieces = split_rendered(text, media)
+        pieces = render_turn(th.template, self._messages, msgs, media)  # the caller's text stays plain text
         prepared = [self._omni._media.prepare(p) for p in media]
         segments: list[Segment] = []
         head = list(self._pending)
         it = iter(prepared)
         for piece in pieces:
-            if isinstance(piece, str):
-                ids = th.tokenize(piece)
+            if not isinstance(piece, Part):
+                ids = th.tokenize_prompt(piece)
                 if any(t in MEDIA_TOKEN_IDS for t in ids):
                     raise MediaError("the text contains <|IMAGE|>, <|AUDIO|> or <|VIDEO|>; remove them and pass media as "
                                      "images=[...] / audio=[...] / video=...")

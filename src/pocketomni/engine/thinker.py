@@ -20,7 +20,7 @@ import numpy as np
 from pocketomni.backend.context import LlamaContext
 from pocketomni.backend.llama import LlamaModel
 from pocketomni.backend.sampling import SamplingParams
-from pocketomni.chat.conversation import ChatTemplate
+from pocketomni.chat.conversation import ChatTemplate, PromptText
 from pocketomni.engine.positions import KIND_TEXT, PromptLayout, TokenIds
 from pocketomni.engine.video_input import decode_in_order, needs_ordered_decode
 from pocketomni.errors import ModelFileError, PocketOmniError
@@ -83,6 +83,39 @@ class Thinker:
     def tokenize(self, text: str) -> list[int]:
         """Prompt text to ids (special-token strings such as <|im_start|> become their ids)."""
         return self.model.tokenize(text, add_special=False, parse_special=True)
+
+    def tokenize_prompt(self, text: PromptText) -> list[int]:
+        """Prompt text to ids: only the template's own text may hold special tokens; the caller's text is
+        plain. Same ids as tokenizing the whole string with special tokens on, when the caller's text holds
+        none: the template's text is cut at its special tokens and the plain stretches around them (the
+        caller's text included) are tokenized whole."""
+        ids: list[int] = []
+        plain: list[str] = []
+
+        def flush() -> None:
+            if plain:
+                ids.extend(self.model.tokenize("".join(plain), add_special=False, parse_special=False))
+                plain.clear()
+
+        for run, trusted in text.runs:
+            if not trusted:
+                plain.append(run)
+                continue
+            at = 0
+            for tok in self.model.tokenize(run, add_special=False, parse_special=True):
+                if not self.model.is_control(tok):
+                    continue
+                mark = self.model.token_to_piece(tok, special=True).decode("utf-8")
+                found = run.find(mark, at)
+                if found < 0:
+                    raise ModelFileError(f"the chat template's token {mark!r} cannot be located; re-convert the model")
+                plain.append(run[at:found])
+                flush()
+                ids.append(tok)
+                at = found + len(mark)
+            plain.append(run[at:])
+        flush()
+        return ids
 
     def is_eog(self, token: int) -> bool:
         return token in self.eog_ids
