@@ -109,6 +109,7 @@ class LlamaContext:
                 )
             self._ptr: Any = ptr
             self._finalizer = weakref.finalize(self, L.llama_free, ptr)
+            self._finalizer.atexit = False  # the model's exit hook frees it (backend/lifetime.py)
             model._register(self)
         self._mem = L.llama_get_memory(ptr)
         self.n_ctx = int(L.llama_n_ctx(ptr))
@@ -136,6 +137,10 @@ class LlamaContext:
     def _check_open(self) -> None:
         """Raise PocketOmniError if this object has been closed."""
         _ = self.ptr
+
+    def keep_at_exit(self) -> None:
+        """Process exit with a native call still running: never free this (backend/lifetime.py)."""
+        self._finalizer.detach()
 
     def close(self) -> None:
         """Free the context (idempotent). Closing the model closes its contexts too."""

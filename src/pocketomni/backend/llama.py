@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp.llama_cpp as L
 import numpy as np
 
-from pocketomni.backend import _log
+from pocketomni.backend import _log, lifetime
 from pocketomni.backend.cpu_guard import (
     REPACK_BUFFER,
     WEIGHT_LAYOUTS,
@@ -143,7 +143,7 @@ class LlamaModel:
         if n_threads is not None and n_threads < 1:
             raise ValueError("n_threads must be >= 1")
         self.n_threads = n_threads or default_threads()
-        self.lock = threading.RLock()
+        self.lock = lifetime.ModelLock()
         self._contexts: weakref.WeakSet[Any] = weakref.WeakSet()
 
         params = L.llama_model_default_params()
@@ -165,6 +165,8 @@ class LlamaModel:
             )
         self._ptr: Any = ptr
         self._finalizer = weakref.finalize(self, L.llama_model_free, ptr)
+        self._finalizer.atexit = False  # freed by lifetime's exit hook, not under a running decode
+        lifetime.track(self)
         self._vocab = L.llama_model_get_vocab(ptr)
         self.arch = arch
         self.n_vocab = int(L.llama_vocab_n_tokens(self._vocab))
@@ -227,6 +229,16 @@ class LlamaModel:
             if self._ptr is not None:
                 self._finalizer()
                 self._ptr = None
+
+    def close_at_exit(self, deadline: float) -> None:
+        """Process exit (lifetime's hook): close once no thread runs native code on this model (its lock
+        is then kept, parking late callers); if one still does at `deadline`, free nothing."""
+        if self.lock.acquire_for_exit(deadline):
+            self.close()
+            return
+        for child in list(self._contexts):
+            child.keep_at_exit()
+        self._finalizer.detach()
 
     def __enter__(self) -> Self:
         return self
