@@ -3,7 +3,7 @@
 llama.cpp only tracks the t position of each KV cell; M-RoPE needs "1 + the largest t/h/w so far"
 for the next token, so each sequence keeps a small log of (t, max(t, h, w)) per cell.
 
-Saved state = b"POKVSEQ1" | u32 header length | JSON header (model fingerprint, cell count)
+Saved state = b"POKVSEQ1" | u32 header length | JSON header (model fingerprint, file identity, cell count)
 | int32 t[n] | int32 maxpos[n] | u64 length | llama_state_seq_get_data bytes.
 """
 
@@ -82,7 +82,8 @@ def _fingerprint(model: Any) -> dict[str, Any]:
 def pack_state(model: Any, log: SeqLog, raw: bytes) -> bytes:
     """Serialise a sequence: fingerprint + position log + llama.cpp's sequence bytes."""
     t, top = log.arrays()
-    header = dict(_fingerprint(model), format=1, n_cells=int(t.size), model_file=Path(model.path).name)
+    header = dict(_fingerprint(model), format=1, n_cells=int(t.size), model_file=Path(model.path).name,
+                  identity=model.identity)
     hj = json.dumps(header, sort_keys=True).encode()
     return b"".join([
         MAGIC, struct.pack("<I", len(hj)), hj,
@@ -115,6 +116,13 @@ def unpack_state(model: Any, data: bytes) -> tuple[SeqLog, bytes]:
         raise ModelFileError(
             f"The saved chat state belongs to a different model ({header.get('model_file')}: {got}); "
             f"load it with that model (this one is {want})."
+        )
+    saved_with = header.get("identity")  # absent in states saved before identities were recorded
+    if saved_with is not None and saved_with != model.identity:
+        raise ModelFileError(
+            f"The saved chat state was made with another model file ({header.get('model_file')}, id {saved_with}); "
+            f"the loaded one is {Path(model.path).name} (id {model.identity}). Its cache only fits the weights it "
+            "was computed with: restore it on the model it was saved with."
         )
     n = header.get("n_cells")
     if not isinstance(n, int) or n < 0 or off + 8 * n + 8 > len(data):

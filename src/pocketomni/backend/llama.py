@@ -179,6 +179,7 @@ class LlamaModel:
         self.n_pos_per_embd = 4 if self.uses_mrope else 1
         self.has_vocab = int(L.llama_vocab_type(self._vocab)) != L.LLAMA_VOCAB_TYPE_NONE
         self._embd_rows: EmbeddingRows | None = None
+        self._identity: str | None = None
 
     def _apply_weight_layout(self, params: Any, layout: WeightLayout | None) -> WeightLayout:
         """Set the model params' extra buffer types and overrides for `layout` (see cpu_guard)."""
@@ -252,6 +253,13 @@ class LlamaModel:
     def metadata(self) -> dict[str, Any]:
         """GGUF metadata (long arrays such as the vocabulary appear as LongArray placeholders)."""
         return self.gguf.metadata
+
+    @property
+    def identity(self) -> str:
+        """Id of the exact model file (GGUFFile.identity), computed once."""
+        if self._identity is None:
+            self._identity = self.gguf.identity()
+        return self._identity
 
     @property
     def chat_template(self) -> str | None:

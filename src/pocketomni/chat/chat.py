@@ -42,7 +42,7 @@ from pocketomni.engine.thinker import MEDIA_TOKEN_IDS, ThinkerSession, sampling_
 from pocketomni.engine.video_input import overflow_advice, video_cost
 from pocketomni.errors import ContextOverflowError, MediaError, ModelFileError, OptionsError, PocketOmniError
 from pocketomni.events import AudioChunk, Done, Event, TextDelta, Timings, Usage
-from pocketomni.options import GenerationOptions, resolve_options
+from pocketomni.options import GenerationOptions, check_text, resolve_options
 
 if TYPE_CHECKING:
     from pocketomni.engine.speech import SpeechEngine, SpeechReply, SpeechSettings
@@ -97,6 +97,8 @@ class Chat:
                  options: GenerationOptions | None = None, speech_settings: SpeechSettings | None = None) -> None:
         if system is not None and not isinstance(system, str):
             raise OptionsError(f"system must be a string or None, got {type(system).__name__}")
+        if system is not None:
+            check_text(system, "the system prompt")
         if speech and speech_settings is None:
             from pocketomni.engine.speech import SpeechSettings
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pocketomni.errors import MediaError, ModelFileError, OptionsError
+from pocketomni.options import check_text
 
 __all__ = [
     "AUDIO_PLACEHOLDER", "IMAGE_PLACEHOLDER", "SPEECH_SYSTEM_PROMPT", "VIDEO_PLACEHOLDER", "ChatTemplate", "Message",
@@ -62,6 +63,10 @@ class Part:
     source: Any = field(default=None, compare=False, repr=False)
     label: str = ""
     use_audio: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind == "text":
+            check_text(self.text, "the text")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (media as their label)."""

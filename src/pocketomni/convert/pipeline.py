@@ -114,6 +114,18 @@ def _check_disk(out_dir: Path, need: int) -> None:
         )
 
 
+def _write_error(out: Path, e: OSError) -> ConversionError:
+    """A failed write into the output folder, with the fix."""
+    where = e.filename or out
+    if isinstance(e, PermissionError):
+        fix = "choose an OUT_DIR you can write to"
+    elif e.errno in (28, 27, 122):  # ENOSPC, EFBIG, EDQUOT
+        fix = "free some space or choose another OUT_DIR"
+    else:
+        fix = "check the OUT_DIR path"
+    return ConversionError(f"cannot write the model folder {out}: {e.strerror or e} ({where}); {fix}.")
+
+
 def _progress(total: int, enabled: bool) -> Any:
     if not enabled:
         return None
@@ -196,7 +208,10 @@ def write_folder(out: Path, items: Sequence[tuple[Any, GGUFPlan]], *, version: s
     total = sum(plan.nbytes for _, plan in items)
     _check_disk(out, total + sum(plan.nbytes for job, plan in items if job.llama_quant) + (64 << 20))
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(out, e) from e
     temps: list[Path] = []
     done: dict[str, Path] = {}
     bar = _progress(total, progress)
@@ -217,11 +232,13 @@ def write_folder(out: Path, items: Sequence[tuple[Any, GGUFPlan]], *, version: s
             else:
                 write_gguf(final_tmp, plan, bar)
             done[job.component] = final_tmp
-    except BaseException:
+    except BaseException as e:
         for t in temps:
             t.unlink(missing_ok=True)
         if created and not any(out.iterdir()):
             out.rmdir()
+        if isinstance(e, OSError):
+            raise _write_error(out, e) from e
         raise
     finally:
         if bar is not None:
@@ -229,11 +246,14 @@ def write_folder(out: Path, items: Sequence[tuple[Any, GGUFPlan]], *, version: s
 
     files_out: dict[str, Path] = {}
     entries: dict[str, dict[str, Any]] = {}
-    for job, _ in items:
-        final = out / job.filename
-        os.replace(done[job.component], final)
-        files_out[job.component] = final
-        entries[job.component] = {"path": job.filename, "type": job.quant, "bytes": final.stat().st_size}
-    content = mf.manifest_dict(version, source, entries)
-    mf.write_manifest(out / mf.MANIFEST, content)
+    try:
+        for job, _ in items:
+            final = out / job.filename
+            os.replace(done[job.component], final)
+            files_out[job.component] = final
+            entries[job.component] = {"path": job.filename, "type": job.quant, "bytes": final.stat().st_size}
+        content = mf.manifest_dict(version, source, entries)
+        mf.write_manifest(out / mf.MANIFEST, content)
+    except OSError as e:
+        raise _write_error(out, e) from e
     return ConversionResult(out_dir=out, files=files_out, seconds=time.perf_counter() - t0, manifest=content)
