@@ -127,3 +127,43 @@ def test_previous_format_is_still_readable(omni, tmp_path) -> None:
     old.write_bytes(b"POCHAT01" + struct.pack("<I", len(hj)) + hj + struct.pack("<Q", len(npz)) + npz
                     + struct.pack("<Q", len(saved.kv_state)) + saved.kv_state)
     assert _next(omni.restore_chat(old)) == want
+
+
+# ------------------------------------------------------------------ what saving leaves on disk
+
+
+def test_save_clears_temporaries_of_killed_saves_but_not_live_ones(omni, tmp_path, caplog) -> None:
+    """A save killed mid-write leaves `NAME.<random>.tmp`; the next save into that place removes such
+    files (and says so), but not one another save is still writing (it holds a lock on it)."""
+    import fcntl
+    import logging
+
+    chat = _chat(omni)
+    path = tmp_path / "c.pochat"
+    stale = [tmp_path / "c.pochat.k1ll3d.tmp", tmp_path / "c.pochat.x9y8z7.tmp"]
+    for s in stale:
+        s.write_bytes(b"\0" * 4096)
+    live = tmp_path / "c.pochat.l1v3ab.tmp"
+    other = tmp_path / "other.pochat.k1ll3d.tmp"  # another file's temporary: not ours to judge
+    for f in (live, other):
+        f.write_bytes(b"x")
+    with open(live, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with caplog.at_level(logging.WARNING, logger="pocketomni"):
+            chat.save(path)
+    assert not any(s.exists() for s in stale) and live.exists() and other.exists()
+    assert "c.pochat.k1ll3d.tmp" in caplog.text
+    assert _next(omni.restore_chat(path)) == _next(chat)
+
+
+def test_save_keeps_symlinks_and_the_file_mode(omni, tmp_path) -> None:
+    chat = _chat(omni)
+    real = tmp_path / "real.pochat"
+    chat.save(real)
+    real.chmod(0o640)
+    link = tmp_path / "link.pochat"
+    link.symlink_to(real)
+    chat.save(link)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert (real.stat().st_mode & 0o777) == 0o640
+    omni.restore_chat(link).close()

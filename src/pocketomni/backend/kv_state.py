@@ -9,7 +9,9 @@ Saved state = b"POKVSEQ1" | u32 header length | JSON header (model fingerprint, 
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
 import struct
 import tempfile
@@ -20,6 +22,12 @@ import numpy as np
 
 from pocketomni.errors import ModelFileError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so stale temporaries are left alone
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("pocketomni")
 MAGIC = b"POKVSEQ1"
 
 
@@ -138,21 +146,57 @@ def unpack_state(model: Any, data: bytes) -> tuple[SeqLog, bytes]:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write a file so that a crash leaves either the old or the new content, never half of it."""
+    """Write a file so that a crash leaves either the old or the new content, never half of it.
+
+    The content goes to `NAME.<random>.tmp` beside the file (locked while it is written), then
+    replaces it. A symlink is written through (it stays a link); an existing file keeps its mode.
+    Temporaries of `NAME` that no writer holds (left by a killed save) are removed first.
+    """
     p = Path(path)
+    if p.is_symlink():
+        p = p.resolve()
+    mode = p.stat().st_mode & 0o7777 if p.is_file() else None
+    _remove_stale_temps(p)
     fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=str(p.parent or "."))
     try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # live: _remove_stale_temps of another save leaves it alone
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, p)
+            os.replace(tmp, p)  # before close: the lock covers the whole life of the temporary
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def _remove_stale_temps(p: Path) -> None:
+    """Delete `p.name.<random>.tmp` files nobody holds a lock on (a save killed mid-write left them)."""
+    if fcntl is None or not p.parent.is_dir():
+        return
+    removed = []
+    for t in p.parent.glob(glob.escape(p.name) + ".*.tmp"):
+        try:
+            fd = os.open(t, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            t.unlink()
+            removed.append(t.name)
+        except OSError:  # locked: another save is writing it right now
+            pass
+        finally:
+            os.close(fd)
+    if removed:
+        log.warning("removed %d temporary file(s) left by an interrupted save in %s: %s",
+                    len(removed), p.parent, ", ".join(sorted(removed)))
 
 
 # ---------------------------------------------------------------------- cell positions in llama.cpp's bytes

@@ -304,7 +304,7 @@ def synth_model(
                  token2wav_plan(ckpt, files, meta("token2wav"), speakers=synthetic_speakers(seed))),
         ]
     return write_folder(out, [(j, j.plan) for j in jobs], version=version, source=source, progress=progress,
-                        threads=threads, verb="generating", t0=t0)
+                        threads=threads, verb="generating", t0=t0, force=True)
 
 
 def add_synth_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -42,11 +42,13 @@ MANIFEST = "pocketomni.json"
 FORMAT = "pocketomni"
 FORMAT_VERSION = 1
 COMPONENTS = ("thinker", "mmproj", "talker", "token2wav")
+CONVERSION_ID_KEY = "pocketomni.conversion_id"  # GGUF metadata key: the conversion that wrote the file
 
 
-def manifest_dict(version: str, source: dict[str, Any], files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def manifest_dict(version: str, source: dict[str, Any], files: dict[str, dict[str, Any]],
+                  conversion_id: str | None = None) -> dict[str, Any]:
     """The manifest content for the given source summary and component files."""
-    return {
+    out = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "converter_version": version,
@@ -54,6 +56,9 @@ def manifest_dict(version: str, source: dict[str, Any], files: dict[str, dict[st
         "source": source,
         "files": files,
     }
+    if conversion_id is not None:
+        out["conversion_id"] = conversion_id
+    return out
 
 
 def write_manifest(path: Path, content: dict[str, Any]) -> None:
@@ -75,7 +80,31 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise ModelFileError(f"{path} is not valid JSON ({e}). Re-run `pocketomni convert`.") from e
     check_manifest(data, Path(folder), path)
+    check_files(data, Path(folder), path)
     return data
+
+
+def check_files(data: dict[str, Any], folder: Path, path: Path) -> None:
+    """Each listed file has the size the manifest records and the manifest's conversion id (when it has
+    one): a folder mixing files of two conversions fails here, naming the odd file."""
+    from pocketomni.backend.gguf_file import GGUFFile
+
+    cid = data.get("conversion_id")
+    for entry in data["files"].values():
+        f = folder / entry["path"]
+        size = f.stat().st_size
+        if "bytes" in entry and entry["bytes"] != size:
+            raise ModelFileError(
+                f"{f} has {size} bytes but {path} records {entry['bytes']}: it is truncated or was replaced. "
+                "Re-run `pocketomni convert` (with --force) into this folder."
+            )
+        if isinstance(cid, str):
+            got = GGUFFile.open(f).metadata.get(CONVERSION_ID_KEY)
+            if got != cid:
+                raise ModelFileError(
+                    f"{f} comes from another conversion (id {got}) than {path} (id {cid}): the folder mixes "
+                    "files of two conversions. Re-run `pocketomni convert` (with --force) into this folder."
+                )
 
 
 def check_manifest(data: Any, folder: Path, path: Path) -> None:
