@@ -170,6 +170,11 @@ class LlamaContext:
         """Number of KV cells (decoded rows) the sequence holds."""
         return self._logs[self._check_seq(seq_id)].n_cells
 
+    def cell_positions(self, seq_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the sequence's position log: t and max(t, h, w) of every cell, in decode order."""
+        t, top = self._logs[self._check_seq(seq_id)].arrays()
+        return t.copy(), top.copy()
+
     def seq_pos_range(self, seq_id: int = 0) -> tuple[int, int]:
         """llama.cpp's (min, max) t position of the sequence; (-1, -1) if empty."""
         s = self._check_seq(seq_id)

@@ -112,7 +112,7 @@ def _skip_strings(cur: _Cursor, n: int) -> None:
     try:
         for _ in range(n):
             pos += 8 + unpack(buf, pos)[0]
-    except struct.error:
+    except (struct.error, OverflowError):  # past the end, or a length beyond any file
         pos = cur.size + 1
     cur.need(pos - cur.pos)
     cur.pos = pos

@@ -31,6 +31,7 @@ MAGIC_V1 = b"POCHAT01"
 FORMAT = 2
 SECTIONS = {"arrays": "token history", "kv_state": "KV cache"}
 _ROLES = ("system", "user", "assistant")
+_PART_TYPES = ("text", "image", "audio", "video")
 _NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
@@ -180,11 +181,12 @@ def check_header(header: dict[str, Any], path: Path) -> None:
         need(isinstance(m.get("content"), list), f"message {i} has no content list")
         need(isinstance(m.get("interrupted", False), bool), f"message {i}: 'interrupted' is not true or false")
         for c in m["content"]:
-            need(isinstance(c, dict) and isinstance(c.get("type"), str), f"message {i} holds a malformed part")
+            need(isinstance(c, dict) and c.get("type") in _PART_TYPES, f"message {i} holds a malformed part")
             if c["type"] == "text":
                 text(c.get("text"), f"the text of message {i}")
             else:
-                need(isinstance(c.get("label", ""), str), f"message {i} holds a media part without a label")
+                need(isinstance(c.get("label", ""), str) and isinstance(c.get("use_audio", True), bool),
+                     f"message {i} holds a malformed media part")
 
 
 def _as_file_error(path: Path, check: Callable[[], Any]) -> None:

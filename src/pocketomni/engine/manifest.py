@@ -120,6 +120,8 @@ def check_manifest(data: Any, folder: Path, path: Path) -> None:
         raise bad(f"format_version {version!r} is not a positive integer")
     if version > FORMAT_VERSION:
         raise ModelFileError(f"{path} was written by a newer pocketomni; upgrade pocketomni.")
+    if "conversion_id" in data and not isinstance(data["conversion_id"], str):
+        raise bad("'conversion_id' is not a string")
     files = data.get("files")
     if not isinstance(files, dict):
         raise bad("'files' is not an object")
