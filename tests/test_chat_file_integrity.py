@@ -167,3 +167,36 @@ def test_save_keeps_symlinks_and_the_file_mode(omni, tmp_path) -> None:
     assert link.is_symlink() and link.resolve() == real.resolve()
     assert (real.stat().st_mode & 0o777) == 0o640
     omni.restore_chat(link).close()
+
+
+# ------------------------------------------------------------------ restoring into another setup
+
+
+def test_speech_chat_into_a_text_only_folder_fails_at_restore(omni, folder, tmp_path) -> None:
+    chat = omni.chat(speech=True, max_tokens=2, speech_options={"max_codes": 20})
+    list(chat.send_sync("hello"))
+    path = tmp_path / "speech.pochat"
+    chat.save(path)
+    text_only = tmp_path / "text-only"
+    text_only.mkdir()
+    manifest = json.loads((folder / "pocketomni.json").read_text())
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if k in ("thinker", "mmproj")}
+    for entry in manifest["files"].values():
+        (text_only / entry["path"]).symlink_to(folder / entry["path"])
+    (text_only / "pocketomni.json").write_text(json.dumps(manifest))
+    with po.Omni.load_sync(text_only, n_threads=1, n_ctx=512) as o2:
+        with pytest.raises(po.FeatureUnavailableError) as info:
+            o2.restore_chat(path)
+        assert "talker" in str(info.value)
+
+
+def test_kv_type_mismatch_is_named(folder, tmp_path) -> None:
+    path = tmp_path / "c.pochat"
+    with po.Omni.load_sync(folder, n_threads=1, n_ctx=512, kv_f32=True) as o32:
+        chat = o32.chat(max_tokens=2)
+        list(chat.send_sync("hello"))
+        chat.save(path)
+    with po.Omni.load_sync(folder, n_threads=1, n_ctx=512) as o16:
+        with pytest.raises(po.ModelFileError) as info:
+            o16.restore_chat(path)
+    assert "kv_f32=True" in str(info.value)

@@ -288,3 +288,10 @@ def test_convert_into_a_read_only_folder_is_a_clean_error(tiny_checkpoint) -> No
         assert not any(ro.iterdir())
     finally:
         shutil.rmtree(d)
+
+
+def test_an_mmproj_passed_as_the_model_names_the_fix(folder) -> None:
+    with pytest.raises(po.ModelFileError) as info:
+        po.Omni.load_sync(folder / "mmproj-f32.gguf", n_threads=1)
+    msg = str(info.value)
+    assert "MtmdContext" not in msg and "mmproj=" in msg, msg

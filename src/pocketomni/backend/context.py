@@ -118,6 +118,7 @@ class LlamaContext:
         self.n_seq_max = int(L.llama_n_seq_max(ptr))
         self.hidden_chunk = hidden_chunk
         self._embd_mode = bool(embeddings)
+        self.kv_type = "f32" if kv_f32 else "f16"
         self._logs = [SeqLog() for _ in range(self.n_seq_max)]
         self._buf = BatchBuffers(self.n_batch, model.n_pos_per_embd)
 
@@ -408,12 +409,12 @@ class LlamaContext:
             got = int(L.llama_state_seq_get_data(ctx, buf, size, seq))
             if got != size:
                 raise PocketOmniError(f"llama_state_seq_get_data wrote {got} of {size} bytes")
-            return pack_state(self.model, self._logs[seq], bytes(buf)[:size])
+            return pack_state(self.model, self._logs[seq], bytes(buf)[:size], self.kv_type)
 
     def set_state(self, data: bytes, seq_id: int = 0) -> None:
         """Replace sequence `seq_id` with a state from `get_state` (same model required)."""
         seq = self._check_seq(seq_id)
-        log, raw = unpack_state(self.model, data)
+        log, raw = unpack_state(self.model, data, self.kv_type)
         with self.lock:
             ctx = self.ptr
             L.llama_memory_seq_rm(self._mem, seq, -1, -1)

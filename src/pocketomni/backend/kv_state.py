@@ -87,11 +87,11 @@ def _fingerprint(model: Any) -> dict[str, Any]:
     }
 
 
-def pack_state(model: Any, log: SeqLog, raw: bytes) -> bytes:
+def pack_state(model: Any, log: SeqLog, raw: bytes, kv_type: str | None = None) -> bytes:
     """Serialise a sequence: fingerprint + position log + llama.cpp's sequence bytes."""
     t, top = log.arrays()
     header = dict(_fingerprint(model), format=1, n_cells=int(t.size), model_file=Path(model.path).name,
-                  identity=model.identity)
+                  identity=model.identity, kv_type=kv_type)
     hj = json.dumps(header, sort_keys=True).encode()
     return b"".join([
         MAGIC, struct.pack("<I", len(hj)), hj,
@@ -100,7 +100,7 @@ def pack_state(model: Any, log: SeqLog, raw: bytes) -> bytes:
     ])
 
 
-def unpack_state(model: Any, data: bytes) -> tuple[SeqLog, bytes]:
+def unpack_state(model: Any, data: bytes, kv_type: str | None = None) -> tuple[SeqLog, bytes]:
     """Parse and check a blob from `pack_state`; ModelFileError if corrupt or from another model."""
     bad = "The saved chat state is corrupt or truncated; it cannot be restored."
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -131,6 +131,12 @@ def unpack_state(model: Any, data: bytes) -> tuple[SeqLog, bytes]:
             f"The saved chat state was made with another model file ({header.get('model_file')}, id {saved_with}); "
             f"the loaded one is {Path(model.path).name} (id {model.identity}). Its cache only fits the weights it "
             "was computed with: restore it on the model it was saved with."
+        )
+    saved_kv = header.get("kv_type")
+    if kv_type is not None and saved_kv is not None and saved_kv != kv_type:
+        raise ModelFileError(
+            f"The saved chat state holds a {saved_kv} KV cache but this context's is {kv_type}; load the model with "
+            f"kv_f32={saved_kv == 'f32'} to restore it."
         )
     n = header.get("n_cells")
     if not isinstance(n, int) or n < 0 or off + 8 * n + 8 > len(data):

@@ -132,7 +132,10 @@ class LlamaModel:
         if not arch:
             raise ModelFileError(f"{self.path} has no general.architecture key; it is not a llama.cpp model file.")
         if arch == "clip":
-            raise ModelFileError(f"{self.path} is a multimodal projector (mmproj); load it with MtmdContext.")
+            raise ModelFileError(
+                f"{self.path} is a multimodal projector (mmproj), not the thinker model; pass the model folder "
+                "(or the thinker .gguf) and give this file as mmproj=..."
+            )
         if expect_arch is not None:
             allowed = (expect_arch,) if isinstance(expect_arch, str) else tuple(expect_arch)
             if arch not in allowed:

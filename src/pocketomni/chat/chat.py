@@ -222,6 +222,8 @@ class Chat:
         header = saved.header
         opts = GenerationOptions.from_dict(header.get("options") or {})
         speech = bool(header.get("speech"))
+        if speech:  # refuse now, not on every later turn
+            omni.folder.require("speech_out")
         settings = None
         if speech and isinstance(header.get("speech_settings"), dict):
             from pocketomni.engine.speech import SpeechSettings
