@@ -209,13 +209,15 @@ def convert_checkpoint(
 
 
 def write_folder(out: Path, items: Sequence[tuple[Any, GGUFPlan]], *, version: str, source: dict[str, Any],
-                 progress: bool, threads: int | None, verb: str, t0: float, force: bool) -> ConversionResult:
+                 progress: bool, threads: int | None, verb: str, t0: float, force: bool,
+                 conversion_id: str | None = None) -> ConversionResult:
     """Write a model folder: check the disk, write each (job, plan) under a temporary name (quantizing
     with llama.cpp where `job.llama_quant` asks), then move the files into place and write the manifest.
     On any failure the partial files (and a folder this call created) are removed.
 
     A job names its file: `component`, `filename`, `quant`, `llama_quant`. Every file and the manifest
-    carry one new conversion id (CONVERSION_ID_KEY), checked when the folder loads. An OUT_DIR holding
+    carry one conversion id (CONVERSION_ID_KEY; `conversion_id`, else a random one), checked when the
+    folder loads. An OUT_DIR holding
     a model is replaced only with `force`; the folder is locked while it is written, and temporaries an
     interrupted conversion left there are removed first.
     """
@@ -229,14 +231,14 @@ def write_folder(out: Path, items: Sequence[tuple[Any, GGUFPlan]], *, version: s
         raise _write_error(out, e) from e
     with _FolderLock(out):
         return _write_locked(out, items, version=version, source=source, progress=progress, threads=threads,
-                             verb=verb, t0=t0, created=created, previous=previous, total=total)
+                             verb=verb, t0=t0, created=created, previous=previous, total=total,
+                             conversion_id=conversion_id or uuid.uuid4().hex)
 
 
 def _write_locked(out: Path, items: Sequence[tuple[Any, GGUFPlan]], *, version: str, source: dict[str, Any],
                   progress: bool, threads: int | None, verb: str, t0: float, created: bool, previous: list[str],
-                  total: int) -> ConversionResult:
+                  total: int, conversion_id: str) -> ConversionResult:
     removed = _remove_partials(out)
-    conversion_id = uuid.uuid4().hex
     temps: list[Path] = []
     done: dict[str, Path] = {}
     bar = _progress(total, progress)
