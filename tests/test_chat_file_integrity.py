@@ -70,9 +70,9 @@ def test_flipped_bytes_in_any_section_are_caught(omni, tmp_path, section, words)
 def test_restore_onto_another_quantization_is_refused(omni, converted_tiny, tmp_path) -> None:
     path = tmp_path / "c.pochat"
     _chat(omni).save(path)
-    with po.Omni.load_sync(converted_tiny("base", "q4_k_m"), n_threads=1, n_ctx=512) as other:
-        with pytest.raises(po.ModelFileError) as info:
-            other.restore_chat(path)
+    with po.Omni.load_sync(converted_tiny("base", "q4_k_m"), n_threads=1, n_ctx=512) as other, \
+            pytest.raises(po.ModelFileError) as info:
+        other.restore_chat(path)
     assert "thinker-f32.gguf" in str(info.value) and "thinker-q4_k_m.gguf" in str(info.value)
 
 
@@ -93,9 +93,8 @@ def test_restore_onto_other_weights_with_the_same_header_is_refused(omni, folder
         w = np.frombuffer(fh.read(info.n_bytes), np.float32)
         fh.seek(info.offset)
         fh.write((w * np.float32(1.01)).tobytes())
-    with po.Omni.load_sync(other, n_threads=1, n_ctx=512) as o2:
-        with pytest.raises(po.ModelFileError) as err:
-            o2.restore_chat(path)
+    with po.Omni.load_sync(other, n_threads=1, n_ctx=512) as o2, pytest.raises(po.ModelFileError) as err:
+        o2.restore_chat(path)
     assert "another model file" in str(err.value)
 
 
@@ -196,7 +195,6 @@ def test_kv_type_mismatch_is_named(folder, tmp_path) -> None:
         chat = o32.chat(max_tokens=2)
         list(chat.send_sync("hello"))
         chat.save(path)
-    with po.Omni.load_sync(folder, n_threads=1, n_ctx=512) as o16:
-        with pytest.raises(po.ModelFileError) as info:
-            o16.restore_chat(path)
+    with po.Omni.load_sync(folder, n_threads=1, n_ctx=512) as o16, pytest.raises(po.ModelFileError) as info:
+        o16.restore_chat(path)
     assert "kv_f32=True" in str(info.value)

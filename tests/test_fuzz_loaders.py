@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fuzz_worker import cases  # noqa: E402
+from fuzz_worker import cases
 
 BATCH_TIMEOUT = 600.0  # seconds for one worker; a case that hangs is named when it is killed
 

@@ -40,7 +40,7 @@ def _as_nobody(code: str, *args: str, stdin: bytes | None = None) -> subprocess.
     """Run Python `code` without root's power to ignore file permissions (the tests run as root):
     setpriv drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so modes apply, even to root's files."""
     cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c", code, *args]
-    return subprocess.run(cmd, capture_output=True, timeout=600, env=_env(), input=stdin)
+    return subprocess.run(cmd, capture_output=True, timeout=600, env=_env(), input=stdin, check=False)
 
 
 def _shared_dir() -> Path:
@@ -75,7 +75,8 @@ def test_lone_surrogates_are_a_typed_error_before_any_work(omni, how) -> None:
 
 def test_cli_chat_survives_invalid_utf8_on_stdin(folder) -> None:
     proc = subprocess.run([sys.executable, "-m", "pocketomni", "chat", str(folder), "--max-tokens", "2"],
-                          input=b"first\nhi \xff\nthird\n", capture_output=True, timeout=300, env=_env())
+                          input=b"first\nhi \xff\nthird\n", capture_output=True, timeout=300, env=_env(),
+                          check=False)
     err = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
 
@@ -231,7 +232,8 @@ except po.ModelFileError as e:
     print("TYPED", e)
 import os; print("LEFT", sorted(os.listdir({str(d)!r})))
 """
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=_env())
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=_env(),
+                              check=False)
         assert "TYPED" in proc.stdout and "free" in proc.stdout and "Traceback" not in proc.stderr, \
             proc.stdout + proc.stderr[-2000:]
         assert "LEFT []" in proc.stdout  # no temporary file left behind

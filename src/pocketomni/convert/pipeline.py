@@ -342,7 +342,7 @@ class _FolderLock:
     def __init__(self, out: Path) -> None:
         self.out, self.fd = out, -1
 
-    def __enter__(self) -> _FolderLock:
+    def __enter__(self) -> _FolderLock:  # noqa: PYI034
         try:
             import fcntl
         except ImportError:  # Windows: no advisory locks

@@ -81,7 +81,8 @@ class Thinker:
         return self.model.lock
 
     def tokenize(self, text: str) -> list[int]:
-        """Prompt text to ids (special-token strings such as <|im_start|> become their ids)."""
+        """Trusted text to ids (special-token strings such as <|im_start|> become their ids). Never for text
+        from the caller: prompts go through `tokenize_prompt`, which keeps that text plain."""
         return self.model.tokenize(text, add_special=False, parse_special=True)
 
     def tokenize_prompt(self, text: PromptText) -> list[int]:
