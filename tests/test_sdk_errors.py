@@ -69,8 +69,6 @@ def _bad_cases(tmp: Path) -> list[tuple[str, type, dict, tuple[str, ...]]]:
         ("media beyond the context window", po.ContextOverflowError,
          {"text": "look", "images": [np.zeros((28 * 24, 28 * 24, 3), np.uint8)]},
          ("576 of them for media", "image_max_pixels", *overflow_fix)),
-        ("placeholder tokens in text", po.MediaError, {"text": "<|vision_bos|><|IMAGE|><|vision_eos|> hi"},
-         ("<|vision_bos|>", "remove them", "as attachments")),
         ("unknown option", po.OptionsError, {"text": "hi", "max_tokenz": 3},
          ("max_tokenz", "valid options are", "max_tokens")),
         ("bad option value", po.OptionsError, {"text": "hi", "temperature": -1.0},

@@ -9,6 +9,7 @@ dequantization come from the `gguf` package.
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import struct
@@ -111,7 +112,7 @@ def _skip_strings(cur: _Cursor, n: int) -> None:
     try:
         for _ in range(n):
             pos += 8 + unpack(buf, pos)[0]
-    except struct.error:
+    except (struct.error, OverflowError):  # past the end, or a length beyond any file
         pos = cur.size + 1
     cur.need(pos - cur.pos)
     cur.pos = pos
@@ -157,13 +158,18 @@ class GGUFFile:
         size = p.stat().st_size
         if size < 24:
             raise ModelFileError(f"{p} is too small ({size} bytes) to be a GGUF model; it is truncated or empty.")
-        with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            if mm[:4] != GGUF_MAGIC:
-                raise ModelFileError(
-                    f"{p} is not a GGUF file (magic {bytes(mm[:4])!r}, expected b'GGUF'). "
-                    "Convert the Hugging Face checkpoint with `pocketomni convert`."
-                )
-            return cls._parse(p, mm, size)
+        try:
+            with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                if mm[:4] != GGUF_MAGIC:
+                    raise ModelFileError(
+                        f"{p} is not a GGUF file (magic {bytes(mm[:4])!r}, expected b'GGUF'). "
+                        "Convert the Hugging Face checkpoint with `pocketomni convert`."
+                    )
+                return cls._parse(p, mm, size)
+        except OSError as e:
+            fix = ("give this user read access to it (chmod a+r)" if isinstance(e, PermissionError)
+                   else "check that the file is intact and still there")
+            raise ModelFileError(f"cannot read the model file {p}: {e.strerror or e}; {fix}.") from e
 
     @classmethod
     def _parse(cls, p: Path, mm: mmap.mmap, size: int) -> GGUFFile:
@@ -217,6 +223,23 @@ class GGUFFile:
                 )
             tensors[name] = TensorInfo(name, shape, gtype, start, n_bytes)
         return cls(p, version, meta, tensors, size)
+
+    def identity(self, edge: int = 256) -> str:
+        """A short id of this exact file: sha256 over its size, its header (metadata and tensor table)
+        and the first and last `edge` bytes of every tensor, so files that share a header but hold other
+        weights (another fine-tune, a re-conversion) differ. Reads a few KB per tensor, not the file."""
+        h = hashlib.sha256(str(self.size).encode())
+        start = min((t.offset for t in self.tensors.values()), default=self.size)
+        try:
+            with open(self.path, "rb") as f:
+                h.update(os.pread(f.fileno(), start, 0))
+                for t in self.tensors.values():
+                    n = min(edge, t.n_bytes)
+                    h.update(os.pread(f.fileno(), n, t.offset))
+                    h.update(os.pread(f.fileno(), n, t.offset + t.n_bytes - n))
+        except OSError as e:
+            raise ModelFileError(f"cannot read {self.path} ({e.strerror}); check that the file is still there") from e
+        return h.hexdigest()[:32]
 
     @property
     def arch(self) -> str:

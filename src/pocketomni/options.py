@@ -34,6 +34,34 @@ class _Options:
         return type(self).from_dict(dataclasses.asdict(self), **changes)  # type: ignore[call-overload]
 
 
+MAX_SEED = 2**63 - 1
+
+
+def check_text(text: str, what: str) -> None:
+    """OptionsError unless `text` can be encoded as UTF-8 (lone surrogates, e.g. from bytes decoded
+    with errors='surrogateescape', cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise OptionsError(
+            f"{what} is not valid UTF-8 text: it holds a lone surrogate {text[e.start]!r} at index {e.start} "
+            "(undecodable bytes, e.g. read with errors='surrogateescape'); decode the input with "
+            "errors='replace' or remove those characters"
+        ) from None
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None, hint: str = "") -> None:
+    """Integers only (True/False are not counts or seeds), within [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        span = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise OptionsError(f"{name}={value!r} must be {span}{'; ' + hint if hint else ''}")
+
+
+def _check_seed(value: Any) -> None:
+    if value is not None:
+        _check_int("seed", value, 0, MAX_SEED, "or None to pick one per turn")
+
+
 def _check_range(name: str, value: float, low: float, high: float, hint: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise OptionsError(f"{name}={value!r} must be a number in [{low}, {high}]")
@@ -66,15 +94,14 @@ class GenerationOptions(_Options):
         if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
             raise OptionsError("stop must be a list of non-empty strings, e.g. stop=['\\n\\n']")
         object.__setattr__(self, "stop", tuple(self.stop))
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise OptionsError(f"max_tokens={self.max_tokens!r} must be a positive integer")
+        for s in self.stop:
+            check_text(s, "a stop string")
+        _check_int("max_tokens", self.max_tokens, 1)
         _check_range("temperature", self.temperature, 0.0, 10.0, "use 0 for greedy decoding")
         _check_range("top_p", self.top_p, 0.0, 1.0)
         _check_range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise OptionsError(f"top_k={self.top_k!r} must be an integer >= 0 (0 disables it)")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise OptionsError(f"seed={self.seed!r} must be an integer or None")
+        _check_int("top_k", self.top_k, 0, hint="0 disables it")
+        _check_seed(self.seed)
 
     @property
     def greedy(self) -> bool:
@@ -101,10 +128,9 @@ class SpeechOptions(_Options):
         _check_range("temperature", self.temperature, 0.0, 10.0, "use 0 for greedy decoding")
         _check_range("top_p", self.top_p, 0.0, 1.0)
         _check_range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise OptionsError(f"top_k={self.top_k!r} must be an integer >= 0 (0 disables it)")
-        if not isinstance(self.max_codes, int) or self.max_codes < 1:
-            raise OptionsError(f"max_codes={self.max_codes!r} must be a positive integer")
+        _check_int("top_k", self.top_k, 0, hint="0 disables it")
+        _check_int("max_codes", self.max_codes, 1)
+        _check_seed(self.seed)
 
 
 def resolve_options(base: GenerationOptions, options: Any, overrides: Mapping[str, Any]) -> GenerationOptions:

@@ -109,6 +109,7 @@ class LlamaContext:
                 )
             self._ptr: Any = ptr
             self._finalizer = weakref.finalize(self, L.llama_free, ptr)
+            self._finalizer.atexit = False  # the model's exit hook frees it (backend/lifetime.py)
             model._register(self)
         self._mem = L.llama_get_memory(ptr)
         self.n_ctx = int(L.llama_n_ctx(ptr))
@@ -117,6 +118,7 @@ class LlamaContext:
         self.n_seq_max = int(L.llama_n_seq_max(ptr))
         self.hidden_chunk = hidden_chunk
         self._embd_mode = bool(embeddings)
+        self.kv_type = "f32" if kv_f32 else "f16"
         self._logs = [SeqLog() for _ in range(self.n_seq_max)]
         self._buf = BatchBuffers(self.n_batch, model.n_pos_per_embd)
 
@@ -136,6 +138,10 @@ class LlamaContext:
     def _check_open(self) -> None:
         """Raise PocketOmniError if this object has been closed."""
         _ = self.ptr
+
+    def keep_at_exit(self) -> None:
+        """Process exit with a native call still running: never free this (backend/lifetime.py)."""
+        self._finalizer.detach()
 
     def close(self) -> None:
         """Free the context (idempotent). Closing the model closes its contexts too."""
@@ -164,6 +170,11 @@ class LlamaContext:
     def n_tokens(self, seq_id: int = 0) -> int:
         """Number of KV cells (decoded rows) the sequence holds."""
         return self._logs[self._check_seq(seq_id)].n_cells
+
+    def cell_positions(self, seq_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the sequence's position log: t and max(t, h, w) of every cell, in decode order."""
+        t, top = self._logs[self._check_seq(seq_id)].arrays()
+        return t.copy(), top.copy()
 
     def seq_pos_range(self, seq_id: int = 0) -> tuple[int, int]:
         """llama.cpp's (min, max) t position of the sequence; (-1, -1) if empty."""
@@ -402,12 +413,12 @@ class LlamaContext:
             got = int(L.llama_state_seq_get_data(ctx, buf, size, seq))
             if got != size:
                 raise PocketOmniError(f"llama_state_seq_get_data wrote {got} of {size} bytes")
-            return pack_state(self.model, self._logs[seq], bytes(buf)[:size])
+            return pack_state(self.model, self._logs[seq], bytes(buf)[:size], self.kv_type)
 
     def set_state(self, data: bytes, seq_id: int = 0) -> None:
         """Replace sequence `seq_id` with a state from `get_state` (same model required)."""
         seq = self._check_seq(seq_id)
-        log, raw = unpack_state(self.model, data)
+        log, raw = unpack_state(self.model, data, self.kv_type)
         with self.lock:
             ctx = self.ptr
             L.llama_memory_seq_rm(self._mem, seq, -1, -1)

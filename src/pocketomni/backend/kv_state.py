@@ -3,13 +3,15 @@
 llama.cpp only tracks the t position of each KV cell; M-RoPE needs "1 + the largest t/h/w so far"
 for the next token, so each sequence keeps a small log of (t, max(t, h, w)) per cell.
 
-Saved state = b"POKVSEQ1" | u32 header length | JSON header (model fingerprint, cell count)
+Saved state = b"POKVSEQ1" | u32 header length | JSON header (model fingerprint, file identity, cell count)
 | int32 t[n] | int32 maxpos[n] | u64 length | llama_state_seq_get_data bytes.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
 import struct
 import tempfile
@@ -20,6 +22,12 @@ import numpy as np
 
 from pocketomni.errors import ModelFileError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so stale temporaries are left alone
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("pocketomni")
 MAGIC = b"POKVSEQ1"
 
 
@@ -79,10 +87,11 @@ def _fingerprint(model: Any) -> dict[str, Any]:
     }
 
 
-def pack_state(model: Any, log: SeqLog, raw: bytes) -> bytes:
+def pack_state(model: Any, log: SeqLog, raw: bytes, kv_type: str | None = None) -> bytes:
     """Serialise a sequence: fingerprint + position log + llama.cpp's sequence bytes."""
     t, top = log.arrays()
-    header = dict(_fingerprint(model), format=1, n_cells=int(t.size), model_file=Path(model.path).name)
+    header = dict(_fingerprint(model), format=1, n_cells=int(t.size), model_file=Path(model.path).name,
+                  identity=model.identity, kv_type=kv_type)
     hj = json.dumps(header, sort_keys=True).encode()
     return b"".join([
         MAGIC, struct.pack("<I", len(hj)), hj,
@@ -91,7 +100,7 @@ def pack_state(model: Any, log: SeqLog, raw: bytes) -> bytes:
     ])
 
 
-def unpack_state(model: Any, data: bytes) -> tuple[SeqLog, bytes]:
+def unpack_state(model: Any, data: bytes, kv_type: str | None = None) -> tuple[SeqLog, bytes]:
     """Parse and check a blob from `pack_state`; ModelFileError if corrupt or from another model."""
     bad = "The saved chat state is corrupt or truncated; it cannot be restored."
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -116,6 +125,19 @@ def unpack_state(model: Any, data: bytes) -> tuple[SeqLog, bytes]:
             f"The saved chat state belongs to a different model ({header.get('model_file')}: {got}); "
             f"load it with that model (this one is {want})."
         )
+    saved_with = header.get("identity")  # absent in states saved before identities were recorded
+    if saved_with is not None and saved_with != model.identity:
+        raise ModelFileError(
+            f"The saved chat state was made with another model file ({header.get('model_file')}, id {saved_with}); "
+            f"the loaded one is {Path(model.path).name} (id {model.identity}). Its cache only fits the weights it "
+            "was computed with: restore it on the model it was saved with."
+        )
+    saved_kv = header.get("kv_type")
+    if kv_type is not None and saved_kv is not None and saved_kv != kv_type:
+        raise ModelFileError(
+            f"The saved chat state holds a {saved_kv} KV cache but this context's is {kv_type}; load the model with "
+            f"kv_f32={saved_kv == 'f32'} to restore it."
+        )
     n = header.get("n_cells")
     if not isinstance(n, int) or n < 0 or off + 8 * n + 8 > len(data):
         raise ModelFileError(bad)
@@ -130,21 +152,57 @@ def unpack_state(model: Any, data: bytes) -> tuple[SeqLog, bytes]:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write a file so that a crash leaves either the old or the new content, never half of it."""
+    """Write a file so that a crash leaves either the old or the new content, never half of it.
+
+    The content goes to `NAME.<random>.tmp` beside the file (locked while it is written), then
+    replaces it. A symlink is written through (it stays a link); an existing file keeps its mode.
+    Temporaries of `NAME` that no writer holds (left by a killed save) are removed first.
+    """
     p = Path(path)
+    if p.is_symlink():
+        p = p.resolve()
+    mode = p.stat().st_mode & 0o7777 if p.is_file() else None
+    _remove_stale_temps(p)
     fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=str(p.parent or "."))
     try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # live: _remove_stale_temps of another save leaves it alone
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, p)
+            os.replace(tmp, p)  # before close: the lock covers the whole life of the temporary
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def _remove_stale_temps(p: Path) -> None:
+    """Delete `p.name.<random>.tmp` files nobody holds a lock on (a save killed mid-write left them)."""
+    if fcntl is None or not p.parent.is_dir():
+        return
+    removed = []
+    for t in p.parent.glob(glob.escape(p.name) + ".*.tmp"):
+        try:
+            fd = os.open(t, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            t.unlink()
+            removed.append(t.name)
+        except OSError:  # locked: another save is writing it right now
+            pass
+        finally:
+            os.close(fd)
+    if removed:
+        log.warning("removed %d temporary file(s) left by an interrupted save in %s: %s",
+                    len(removed), p.parent, ", ".join(sorted(removed)))
 
 
 # ---------------------------------------------------------------------- cell positions in llama.cpp's bytes

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp.llama_cpp as L
 import numpy as np
 
-from pocketomni.backend import _log
+from pocketomni.backend import _log, lifetime
 from pocketomni.backend.cpu_guard import (
     REPACK_BUFFER,
     WEIGHT_LAYOUTS,
@@ -132,7 +132,10 @@ class LlamaModel:
         if not arch:
             raise ModelFileError(f"{self.path} has no general.architecture key; it is not a llama.cpp model file.")
         if arch == "clip":
-            raise ModelFileError(f"{self.path} is a multimodal projector (mmproj); load it with MtmdContext.")
+            raise ModelFileError(
+                f"{self.path} is a multimodal projector (mmproj), not the thinker model; pass the model folder "
+                "(or the thinker .gguf) and give this file as mmproj=..."
+            )
         if expect_arch is not None:
             allowed = (expect_arch,) if isinstance(expect_arch, str) else tuple(expect_arch)
             if arch not in allowed:
@@ -143,7 +146,7 @@ class LlamaModel:
         if n_threads is not None and n_threads < 1:
             raise ValueError("n_threads must be >= 1")
         self.n_threads = n_threads or default_threads()
-        self.lock = threading.RLock()
+        self.lock = lifetime.ModelLock()
         self._contexts: weakref.WeakSet[Any] = weakref.WeakSet()
 
         params = L.llama_model_default_params()
@@ -165,6 +168,8 @@ class LlamaModel:
             )
         self._ptr: Any = ptr
         self._finalizer = weakref.finalize(self, L.llama_model_free, ptr)
+        self._finalizer.atexit = False  # freed by lifetime's exit hook, not under a running decode
+        lifetime.track(self)
         self._vocab = L.llama_model_get_vocab(ptr)
         self.arch = arch
         self.n_vocab = int(L.llama_vocab_n_tokens(self._vocab))
@@ -177,6 +182,7 @@ class LlamaModel:
         self.n_pos_per_embd = 4 if self.uses_mrope else 1
         self.has_vocab = int(L.llama_vocab_type(self._vocab)) != L.LLAMA_VOCAB_TYPE_NONE
         self._embd_rows: EmbeddingRows | None = None
+        self._identity: str | None = None
 
     def _apply_weight_layout(self, params: Any, layout: WeightLayout | None) -> WeightLayout:
         """Set the model params' extra buffer types and overrides for `layout` (see cpu_guard)."""
@@ -228,6 +234,16 @@ class LlamaModel:
                 self._finalizer()
                 self._ptr = None
 
+    def close_at_exit(self, deadline: float) -> None:
+        """Process exit (lifetime's hook): close once no thread runs native code on this model (its lock
+        is then kept, parking late callers); if one still does at `deadline`, free nothing."""
+        if self.lock.acquire_for_exit(deadline):
+            self.close()
+            return
+        for child in list(self._contexts):
+            child.keep_at_exit()
+        self._finalizer.detach()
+
     def __enter__(self) -> Self:
         return self
 
@@ -240,6 +256,13 @@ class LlamaModel:
     def metadata(self) -> dict[str, Any]:
         """GGUF metadata (long arrays such as the vocabulary appear as LongArray placeholders)."""
         return self.gguf.metadata
+
+    @property
+    def identity(self) -> str:
+        """Id of the exact model file (GGUFFile.identity), computed once."""
+        if self._identity is None:
+            self._identity = self.gguf.identity()
+        return self._identity
 
     @property
     def chat_template(self) -> str | None:
@@ -268,6 +291,12 @@ class LlamaModel:
         """True for end-of-generation tokens (eos, eot, <|im_end|>, <|endoftext|> ...)."""
         self._check_token(token)
         return bool(L.llama_vocab_is_eog(self._vocab, int(token)))
+
+    def is_control(self, token: int) -> bool:
+        """True for control tokens (<|im_start|>, <|IMAGE|> ...): ids plain-text tokenization never yields."""
+        self._check_open()
+        self._check_token(token)
+        return bool(int(L.llama_vocab_get_attr(self._vocab, int(token))) & L.LLAMA_TOKEN_ATTR_CONTROL)
 
     # ------------------------------------------------------------------ text
 

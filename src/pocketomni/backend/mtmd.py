@@ -172,6 +172,7 @@ class MtmdContext:
                 )
             self._ptr: Any = ptr
             self._finalizer = weakref.finalize(self, M.mtmd_free, ptr)
+            self._finalizer.atexit = False  # the model's exit hook frees it (backend/lifetime.py)
             text_model._register(self)
         self.supports_vision = bool(M.mtmd_support_vision(ptr))
         self.supports_audio = bool(M.mtmd_support_audio(ptr))
@@ -191,6 +192,10 @@ class MtmdContext:
         if self._ptr is None:
             raise PocketOmniError("this multimodal projector is closed")
         return self._ptr
+
+    def keep_at_exit(self) -> None:
+        """Process exit with a native call still running: never free this (backend/lifetime.py)."""
+        self._finalizer.detach()
 
     def close(self) -> None:
         """Free the projector (idempotent)."""

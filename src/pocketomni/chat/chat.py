@@ -35,8 +35,7 @@ from pocketomni.chat.conversation import (
     Message,
     Part,
     parse_messages,
-    render_delta,
-    split_rendered,
+    render_turn,
     user_message,
 )
 from pocketomni.chat.store import SavedChat, read_chat_file, write_chat_file
@@ -46,7 +45,7 @@ from pocketomni.engine.thinker import MEDIA_TOKEN_IDS, ThinkerSession, sampling_
 from pocketomni.engine.video_limits import overflow_advice, video_cost
 from pocketomni.errors import ContextOverflowError, MediaError, ModelFileError, OptionsError, PocketOmniError
 from pocketomni.events import AudioChunk, Done, Event, Progress, TextDelta, Timings, Usage
-from pocketomni.options import GenerationOptions, resolve_options
+from pocketomni.options import GenerationOptions, check_text, resolve_options
 
 if TYPE_CHECKING:
 
@@ -102,6 +101,8 @@ class Chat(Closable):
                  options: GenerationOptions | None = None, speech_settings: SpeechSettings | None = None) -> None:
         if system is not None and not isinstance(system, str):
             raise OptionsError(f"system must be a string or None, got {type(system).__name__}")
+        if system is not None:
+            check_text(system, "the system prompt")
         if speech and speech_settings is None:
             from pocketomni.engine.speech import SpeechSettings
 
@@ -249,6 +250,8 @@ class Chat(Closable):
         header = saved.header
         opts = GenerationOptions.from_dict(header.get("options") or {})
         speech = bool(header.get("speech"))
+        if speech:  # refuse now, not on every later turn
+            omni.folder.require("speech_out")
         settings = None
         if speech and isinstance(header.get("speech_settings"), dict):
             from pocketomni.engine.speech import SpeechSettings
@@ -319,16 +322,15 @@ class Chat(Closable):
             from pocketomni.engine.speech import check_system_prompt
 
             check_system_prompt("".join(p.text or "" for p in msgs[0].parts if p.kind == "text"))
-        text = render_delta(th.template, self._messages, msgs)
         media = [p for m in msgs for p in m.media]
-        pieces = split_rendered(text, media)
+        pieces = render_turn(th.template, self._messages, msgs, media)  # the caller's text stays plain text
         prepared = [self._omni._media.prepare(p) for p in media]
         segments: list[Segment] = []
         head = list(self._pending)
         it = iter(prepared)
         for piece in pieces:
-            if isinstance(piece, str):
-                ids = th.tokenize(piece)
+            if not isinstance(piece, Part):
+                ids = th.tokenize_prompt(piece)
                 if any(t in MEDIA_TOKEN_IDS for t in ids):
                     raise MediaError("the text contains <|IMAGE|>, <|AUDIO|> or <|VIDEO|>; remove them and pass media as "
                                      "images=[...] / audio=[...] / video=...")

@@ -7,6 +7,10 @@ cuts that text into text pieces and media parts, in order.
 
 A turn appended to a conversation already in the KV cache renders only its new part: the text after
 the last assistant reply (`render_delta`), so the cached tokens are never re-tokenized.
+
+Text from the caller (user, system and assistant text, OpenAI-style content) never becomes special
+tokens: `render_turn` renders with a marker in place of every text part, so the result tells the
+template's own text (whose `<|im_start|>`-style markers are special) from the caller's (plain text).
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from pocketomni.errors import MediaError, ModelFileError, OptionsError
+from pocketomni.options import check_text
 
 __all__ = [
     "AUDIO_PLACEHOLDER", "IMAGE_PLACEHOLDER", "VIDEO_PLACEHOLDER", "ChatTemplate", "Message",
     "Part",
-    "parse_messages", "render_delta", "split_rendered", "user_message",
+    "PromptText", "parse_messages", "render_delta", "render_turn", "split_rendered", "user_message",
 ]
 
 IMAGE_PLACEHOLDER = "<|vision_bos|><|IMAGE|><|vision_eos|>"
@@ -35,6 +40,7 @@ VIDEO_PLACEHOLDER = "<|vision_bos|><|VIDEO|><|vision_eos|>"
 _PLACEHOLDER_OF = {"image": IMAGE_PLACEHOLDER, "audio": AUDIO_PLACEHOLDER, "video": VIDEO_PLACEHOLDER}
 ROLES = ("system", "user", "assistant")
 _SENTINEL = "\x00pocketomni-reply\x00"  # stands for the last (cached) assistant reply when rendering deltas
+_MARK = re.compile("\x00pocketomni-text-([0-9]+)\x00")  # stands for the caller's text part number N
 _PLACEHOLDERS = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(AUDIO_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)})")
 
 
@@ -52,6 +58,10 @@ class Part:
     source: Any = field(default=None, compare=False, repr=False)
     label: str = ""
     use_audio: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind == "text":
+            check_text(self.text, "the text")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (media as their label)."""
@@ -98,13 +108,21 @@ class Message:
         )
         return cls(str(d["role"]), parts, bool(d.get("interrupted", False)))
 
-    def template_dict(self) -> dict[str, Any]:
-        """The message as chat templates expect it (string content when it is text only)."""
+    def template_dict(self, texts: list[str] | None = None) -> dict[str, Any]:
+        """The message as chat templates expect it (string content when it is text only). With
+        `texts`, each text part is appended there and rendered as a marker (see `render_turn`)."""
+
+        def text(p: Part) -> str:
+            if texts is None or not p.text:
+                return p.text
+            texts.append(p.text)
+            return f"\x00pocketomni-text-{len(texts) - 1}\x00"
+
         if not self.media:
-            return {"role": self.role, "content": self.text}
+            return {"role": self.role, "content": "".join(text(p) for p in self.parts if p.kind == "text")}
         content: list[dict[str, Any]] = []
         for p in self.parts:
-            content.append({"type": "text", "text": p.text} if p.kind == "text" else {"type": p.kind})
+            content.append({"type": "text", "text": text(p)} if p.kind == "text" else {"type": p.kind})
         return {"role": self.role, "content": content}
 
 
@@ -325,17 +343,50 @@ def render_delta(template: ChatTemplate, cached: Sequence[Message], new: Sequenc
     `cached` is empty or ends with an assistant reply; the text after that reply (its end marker,
     then the new messages) is what the KV cache still lacks.
     """
+    return _render_after(template, cached, [m.template_dict() for m in new])
+
+
+def _render_after(template: ChatTemplate, cached: Sequence[Message], new: list[dict[str, Any]]) -> str:
     if not cached:
-        return template.render(new, add_generation_prompt=True)
+        return template._render(new, add_generation_prompt=True)
     if cached[-1].role != "assistant":
         raise ValueError("a cached conversation must end with an assistant reply")
     dicts = [m.template_dict() for m in cached[:-1]]
     dicts.append({"role": "assistant", "content": _SENTINEL})
-    dicts += [m.template_dict() for m in new]
+    dicts += new
     full = template._render(dicts, add_generation_prompt=True)
     if full.count(_SENTINEL) != 1:
         raise ModelFileError("the chat template does not reproduce assistant replies verbatim; cannot continue the chat")
     return full.split(_SENTINEL, 1)[1]
+
+
+@dataclass(frozen=True)
+class PromptText:
+    """A stretch of prompt text between media: runs of (text, trusted). Trusted text is the chat
+    template's own (its `<|im_start|>`-style markers are special tokens); the rest is the caller's
+    text, which is tokenized as plain text whatever it contains."""
+
+    runs: tuple[tuple[str, bool], ...]
+
+
+def render_turn(template: ChatTemplate, cached: Sequence[Message], new: Sequence[Message],
+                media: Sequence[Part]) -> list[PromptText | Part]:
+    """`render_delta` cut into prompt text and media parts, with the caller's text kept apart."""
+    texts: list[str] = []
+    rendered = _render_after(template, cached, [m.template_dict(texts) for m in new])
+    out: list[PromptText | Part] = []
+    for piece in split_rendered(rendered, media):
+        if isinstance(piece, Part):
+            out.append(piece)
+            continue
+        runs: list[tuple[str, bool]] = []
+        for i, run in enumerate(_MARK.split(piece)):
+            if i % 2:
+                runs.append((texts[int(run)], False))
+            elif run:
+                runs.append((run, True))
+        out.append(PromptText(tuple(runs)))
+    return out
 
 
 def split_rendered(text: str, media: Sequence[Part]) -> list[str | Part]:

@@ -200,6 +200,8 @@ def _loop(args: argparse.Namespace, state: dict[str, Any], out: TextIO) -> int:
         _reply(state["chat"], args.prompt, state["images"], state["audio"], out, args.stats, state)
         return 0
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 become U+FFFD, not a crash
+        sys.stdin.reconfigure(errors="replace")
     if interactive:
         caps = omni.capabilities
         print(f"pocketomni chat: {omni.folder.root} (images {'yes' if caps.vision else 'no'}, audio "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from pocketomni.convert.pipeline import (
@@ -41,6 +42,8 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="threads for llama.cpp quantization (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="replace a model already in OUT_DIR (its files of other types are removed)")
     p.set_defaults(func=run_convert)
     return p
 
@@ -50,8 +53,10 @@ def run_convert(args: argparse.Namespace) -> int:
     res = convert_checkpoint(
         args.hf_dir, args.out_dir, quant=args.quant, mmproj_quant=args.mmproj_quant,
         progress=not args.no_progress, threads=args.threads,
-        speech=not args.no_speech, talker_quant=args.talker_quant,
+        speech=not args.no_speech, talker_quant=args.talker_quant, force=args.force,
     )
+    if res.removed:
+        print(f"removed: {', '.join(res.removed)} (left by an interrupted or replaced conversion)", file=sys.stderr)
     for component, path in res.files.items():
         print(f"{component}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     print(f"manifest: {res.out_dir / 'pocketomni.json'}  ({res.seconds:.1f} s)")

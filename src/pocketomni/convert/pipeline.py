@@ -9,9 +9,13 @@ final names once all of them are complete, so a failed run leaves no half-writte
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,8 @@ from pocketomni.convert.writer import GGUFPlan, write_gguf
 from pocketomni.engine import manifest as mf
 from pocketomni.errors import ConversionError
 
+log = logging.getLogger("pocketomni")
+
 THINKER_QUANTS = tuple(DIRECT_TYPES) + tuple(LLAMA_QUANT_TYPES)
 MMPROJ_QUANTS = tuple(MMPROJ_TYPES)
 DEFAULT_QUANT = "q4_k_m"
@@ -37,12 +43,14 @@ DEFAULT_MMPROJ_QUANT = "f16"
 
 @dataclass
 class ConversionResult:
-    """What a conversion wrote and how long it took."""
+    """What a conversion wrote and how long it took; `removed` names the leftovers it deleted
+    (temporaries of an interrupted conversion, files of the replaced one)."""
 
     out_dir: Path
     files: dict[str, Path]
     seconds: float
     manifest: dict[str, Any] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -114,6 +122,18 @@ def _check_disk(out_dir: Path, need: int) -> None:
         )
 
 
+def _write_error(out: Path, e: OSError) -> ConversionError:
+    """A failed write into the output folder, with the fix."""
+    where = e.filename or out
+    if isinstance(e, PermissionError):
+        fix = "choose an OUT_DIR you can write to"
+    elif e.errno in (28, 27, 122):  # ENOSPC, EFBIG, EDQUOT
+        fix = "free some space or choose another OUT_DIR"
+    else:
+        fix = "check the OUT_DIR path"
+    return ConversionError(f"cannot write the model folder {out}: {e.strerror or e} ({where}); {fix}.")
+
+
 def _progress(total: int, enabled: bool) -> Any:
     if not enabled:
         return None
@@ -131,6 +151,7 @@ def convert_checkpoint(
     threads: int | None = None,
     speech: bool = True,
     talker_quant: str | None = None,
+    force: bool = False,
 ) -> ConversionResult:
     """Convert a Hugging Face Qwen2.5-Omni checkpoint into a PocketOmni model folder.
 
@@ -139,6 +160,8 @@ def convert_checkpoint(
     `token2wav-f32.gguf` (DiT, ECAPA, BigVGAN, speakers and the thinker->talker projection).
     Raises ConversionError, before writing anything, when the checkpoint is not Qwen2.5-Omni, files or
     tensors are missing, shapes disagree with config.json, a quant type is unknown, or space is short.
+    An OUT_DIR that already holds a model is replaced only with `force` (then the previous conversion's
+    files the new one does not write are removed too).
     """
     t0 = time.perf_counter()
     quant = check_quant("--quant", quant, THINKER_QUANTS)
@@ -182,21 +205,40 @@ def convert_checkpoint(
     with MappedFiles() as files:
         plans = [job.plan(files) for job in jobs]  # builds specs only; raises config errors early
         return write_folder(out, list(zip(jobs, plans)), version=version, source=source, progress=progress,
-                            threads=threads, verb="writing", t0=t0)
+                            threads=threads, verb="writing", t0=t0, force=force)
 
 
 def write_folder(out: Path, items: Sequence[tuple[Any, GGUFPlan]], *, version: str, source: dict[str, Any],
-                 progress: bool, threads: int | None, verb: str, t0: float) -> ConversionResult:
+                 progress: bool, threads: int | None, verb: str, t0: float, force: bool,
+                 conversion_id: str | None = None) -> ConversionResult:
     """Write a model folder: check the disk, write each (job, plan) under a temporary name (quantizing
     with llama.cpp where `job.llama_quant` asks), then move the files into place and write the manifest.
     On any failure the partial files (and a folder this call created) are removed.
 
-    A job names its file: `component`, `filename`, `quant`, `llama_quant`.
+    A job names its file: `component`, `filename`, `quant`, `llama_quant`. Every file and the manifest
+    carry one conversion id (CONVERSION_ID_KEY; `conversion_id`, else a random one), checked when the
+    folder loads. An OUT_DIR holding
+    a model is replaced only with `force`; the folder is locked while it is written, and temporaries an
+    interrupted conversion left there are removed first.
     """
+    previous = _previous_files(out, [job.filename for job, _ in items], force)
     total = sum(plan.nbytes for _, plan in items)
     _check_disk(out, total + sum(plan.nbytes for job, plan in items if job.llama_quant) + (64 << 20))
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(out, e) from e
+    with _FolderLock(out):
+        return _write_locked(out, items, version=version, source=source, progress=progress, threads=threads,
+                             verb=verb, t0=t0, created=created, previous=previous, total=total,
+                             conversion_id=conversion_id or uuid.uuid4().hex)
+
+
+def _write_locked(out: Path, items: Sequence[tuple[Any, GGUFPlan]], *, version: str, source: dict[str, Any],
+                  progress: bool, threads: int | None, verb: str, t0: float, created: bool, previous: list[str],
+                  total: int, conversion_id: str) -> ConversionResult:
+    removed = _remove_partials(out)
     temps: list[Path] = []
     done: dict[str, Path] = {}
     bar = _progress(total, progress)
@@ -206,6 +248,7 @@ def write_folder(out: Path, items: Sequence[tuple[Any, GGUFPlan]], *, version: s
             temps.append(final_tmp)
             if bar is not None:
                 bar.set_description(f"{verb} {job.filename}")
+            plan = _with_conversion_id(plan, conversion_id)
             if job.llama_quant:
                 inter = out / f".{job.filename}.bf16.partial"
                 temps.append(inter)
@@ -217,11 +260,13 @@ def write_folder(out: Path, items: Sequence[tuple[Any, GGUFPlan]], *, version: s
             else:
                 write_gguf(final_tmp, plan, bar)
             done[job.component] = final_tmp
-    except BaseException:
+    except BaseException as e:
         for t in temps:
             t.unlink(missing_ok=True)
         if created and not any(out.iterdir()):
             out.rmdir()
+        if isinstance(e, OSError):
+            raise _write_error(out, e) from e
         raise
     finally:
         if bar is not None:
@@ -229,11 +274,89 @@ def write_folder(out: Path, items: Sequence[tuple[Any, GGUFPlan]], *, version: s
 
     files_out: dict[str, Path] = {}
     entries: dict[str, dict[str, Any]] = {}
-    for job, _ in items:
-        final = out / job.filename
-        os.replace(done[job.component], final)
-        files_out[job.component] = final
-        entries[job.component] = {"path": job.filename, "type": job.quant, "bytes": final.stat().st_size}
-    content = mf.manifest_dict(version, source, entries)
-    mf.write_manifest(out / mf.MANIFEST, content)
-    return ConversionResult(out_dir=out, files=files_out, seconds=time.perf_counter() - t0, manifest=content)
+    try:
+        for job, _ in items:
+            final = out / job.filename
+            os.replace(done[job.component], final)
+            files_out[job.component] = final
+            entries[job.component] = {"path": job.filename, "type": job.quant, "bytes": final.stat().st_size}
+        content = mf.manifest_dict(version, source, entries, conversion_id)
+        mf.write_manifest(out / mf.MANIFEST, content)
+        for name in previous:  # the replaced conversion's files of other types
+            if name not in {job.filename for job, _ in items}:
+                (out / name).unlink(missing_ok=True)
+                removed.append(name)
+    except OSError as e:
+        raise _write_error(out, e) from e
+    return ConversionResult(out_dir=out, files=files_out, seconds=time.perf_counter() - t0, manifest=content,
+                            removed=removed)
+
+
+def _with_conversion_id(plan: GGUFPlan, conversion_id: str) -> GGUFPlan:
+    """`plan` with the conversion id added to its metadata (llama.cpp's quantize copies it along)."""
+    write_kv = plan.kv
+
+    def kv(w: Any) -> None:
+        write_kv(w)
+        w.add_string(mf.CONVERSION_ID_KEY, conversion_id)
+
+    return dataclasses.replace(plan, kv=kv)
+
+
+def _previous_files(out: Path, names: list[str], force: bool) -> list[str]:
+    """Files of a model already in `out` (its manifest's files); ConversionError without `force`."""
+    if not out.is_dir():
+        return []
+    manifest = out / mf.MANIFEST
+    found = [p.name for p in (manifest, *(out / n for n in names)) if p.exists()]
+    if found and not force:
+        raise ConversionError(
+            f"{out} already holds a model ({', '.join(found)}); pass --force (force=True) to replace it, "
+            "or choose an empty OUT_DIR."
+        )
+    try:
+        listed = json.loads(manifest.read_text(encoding="utf-8"))["files"].values()
+        return [e["path"] for e in listed if isinstance(e.get("path"), str) and "/" not in e["path"]
+                and "\\" not in e["path"] and e["path"].endswith(".gguf")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def _remove_partials(out: Path) -> list[str]:
+    """Temporaries of an interrupted conversion (only names this converter writes)."""
+    removed = []
+    for pattern in (".*.gguf.partial", ".*.gguf.bf16.partial", f".{mf.MANIFEST}.partial"):
+        for p in out.glob(pattern):
+            if p.is_file():
+                p.unlink()
+                removed.append(p.name)
+    if removed:
+        log.warning("removed %d temporary file(s) of an interrupted conversion in %s: %s", len(removed), out,
+                    ", ".join(sorted(removed)))
+    return sorted(removed)
+
+
+class _FolderLock:
+    """An exclusive lock on the output folder while a conversion writes into it."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.fd = out, -1
+
+    def __enter__(self) -> _FolderLock:  # noqa: PYI034
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks
+            return self
+        self.fd = os.open(self.out, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = -1
+            raise ConversionError(f"another conversion is writing into {self.out}; wait for it to finish") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+

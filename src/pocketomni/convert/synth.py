@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -304,7 +305,14 @@ def synth_model(
                  token2wav_plan(ckpt, files, meta("token2wav"), speakers=synthetic_speakers(seed))),
         ]
     return write_folder(out, [(j, j.plan) for j in jobs], version=version, source=source, progress=progress,
-                        threads=threads, verb="generating", t0=t0)
+                        threads=threads, verb="generating", t0=t0, force=True,
+                        conversion_id=_synthetic_id(source, [j.filename for j in jobs]))
+
+
+def _synthetic_id(source: dict[str, Any], names: list[str]) -> str:
+    """Same preset, seed and file types, same id (and the same files): a pure function of the inputs."""
+    key = json.dumps({"source": source, "files": names}, sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def add_synth_parser(subparsers: Any) -> argparse.ArgumentParser:

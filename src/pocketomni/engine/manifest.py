@@ -42,11 +42,13 @@ MANIFEST = "pocketomni.json"
 FORMAT = "pocketomni"
 FORMAT_VERSION = 1
 COMPONENTS = ("thinker", "mmproj", "talker", "token2wav")
+CONVERSION_ID_KEY = "pocketomni.conversion_id"  # GGUF metadata key: the conversion that wrote the file
 
 
-def manifest_dict(version: str, source: dict[str, Any], files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def manifest_dict(version: str, source: dict[str, Any], files: dict[str, dict[str, Any]],
+                  conversion_id: str | None = None) -> dict[str, Any]:
     """The manifest content for the given source summary and component files."""
-    return {
+    out = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "converter_version": version,
@@ -54,6 +56,9 @@ def manifest_dict(version: str, source: dict[str, Any], files: dict[str, dict[st
         "source": source,
         "files": files,
     }
+    if conversion_id is not None:
+        out["conversion_id"] = conversion_id
+    return out
 
 
 def write_manifest(path: Path, content: dict[str, Any]) -> None:
@@ -74,16 +79,70 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         ) from None
     except (OSError, ValueError) as e:
         raise ModelFileError(f"{path} is not valid JSON ({e}). Re-run `pocketomni convert`.") from e
-    if data.get("format") != FORMAT or not isinstance(data.get("files"), dict):
-        raise ModelFileError(f"{path} is not a pocketomni manifest. Re-run `pocketomni convert`.")
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelFileError(f"{path} was written by a newer pocketomni; upgrade pocketomni.")
-    missing = [f["path"] for f in data["files"].values() if not (Path(folder) / f["path"]).is_file()]
-    if missing:
-        raise ModelFileError(
-            f"{path} lists missing file(s): {', '.join(missing)}. Re-run `pocketomni convert`."
-        )
+    check_manifest(data, Path(folder), path)
+    check_files(data, Path(folder), path)
     return data
+
+
+def check_files(data: dict[str, Any], folder: Path, path: Path) -> None:
+    """Each listed file has the size the manifest records and the manifest's conversion id (when it has
+    one): a folder mixing files of two conversions fails here, naming the odd file."""
+    from pocketomni.gguf_file import GGUFFile
+
+    cid = data.get("conversion_id")
+    for entry in data["files"].values():
+        f = folder / entry["path"]
+        size = f.stat().st_size
+        if "bytes" in entry and entry["bytes"] != size:
+            raise ModelFileError(
+                f"{f} has {size} bytes but {path} records {entry['bytes']}: it is truncated or was replaced. "
+                "Re-run `pocketomni convert` (with --force) into this folder."
+            )
+        if isinstance(cid, str):
+            got = GGUFFile.open(f).metadata.get(CONVERSION_ID_KEY)
+            if got != cid:
+                raise ModelFileError(
+                    f"{f} comes from another conversion (id {got}) than {path} (id {cid}): the folder mixes "
+                    "files of two conversions. Re-run `pocketomni convert` (with --force) into this folder."
+                )
+
+
+def check_manifest(data: Any, folder: Path, path: Path) -> None:
+    """ModelFileError naming `path` unless `data` is a well-formed manifest whose files lie inside
+    `folder` and exist."""
+    def bad(why: str) -> ModelFileError:
+        return ModelFileError(f"{path} is not a valid pocketomni manifest ({why}). Re-run `pocketomni convert`.")
+
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise bad("not a JSON object with format 'pocketomni'")
+    version = data.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise bad(f"format_version {version!r} is not a positive integer")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(f"{path} was written by a newer pocketomni; upgrade pocketomni.")
+    if "conversion_id" in data and not isinstance(data["conversion_id"], str):
+        raise bad("'conversion_id' is not a string")
+    files = data.get("files")
+    if not isinstance(files, dict):
+        raise bad("'files' is not an object")
+    if "thinker" not in files:
+        raise bad("it lists no thinker file")
+    missing = []
+    for component, entry in files.items():
+        if component not in COMPONENTS:
+            raise bad(f"unknown component {component!r}; expected {', '.join(COMPONENTS)}")
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not entry["path"]:
+            raise bad(f"the {component} entry needs a 'path' string")
+        rel = Path(entry["path"])
+        if rel.is_absolute() or ".." in rel.parts or rel.name in ("", "."):
+            raise bad(f"the {component} path {entry['path']!r} leaves the model folder")
+        for key, kind in (("type", str), ("bytes", int)):
+            if key in entry and (not isinstance(entry[key], kind) or isinstance(entry[key], bool)):
+                raise bad(f"the {component} entry's {key!r} is not a {kind.__name__}")
+        if not (folder / rel).is_file():
+            missing.append(entry["path"])
+    if missing:
+        raise ModelFileError(f"{path} lists missing file(s): {', '.join(missing)}. Re-run `pocketomni convert`.")
 
 
 def locate_model_files(folder: str | Path) -> dict[str, Path]:

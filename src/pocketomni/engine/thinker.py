@@ -20,9 +20,9 @@ import numpy as np
 from pocketomni.backend.context import LlamaContext
 from pocketomni.backend.llama import LlamaModel
 from pocketomni.backend.sampling import SamplingParams
-from pocketomni.chat.conversation import ChatTemplate
+from pocketomni.chat.conversation import ChatTemplate, PromptText
 from pocketomni.engine.ordered_decode import decode_in_order, needs_ordered_decode
-from pocketomni.engine.positions import KIND_TEXT, PromptLayout, TokenIds
+from pocketomni.engine.positions import KIND_TEXT, KIND_VIDEO, PromptLayout, TokenIds
 from pocketomni.errors import InternalError, ModelFileError
 from pocketomni.options import GenerationOptions
 
@@ -81,8 +81,42 @@ class Thinker:
         return self.model.lock
 
     def tokenize(self, text: str) -> list[int]:
-        """Prompt text to ids (special-token strings such as <|im_start|> become their ids)."""
+        """Trusted text to ids (special-token strings such as <|im_start|> become their ids). Never for text
+        from the caller: prompts go through `tokenize_prompt`, which keeps that text plain."""
         return self.model.tokenize(text, add_special=False, parse_special=True)
+
+    def tokenize_prompt(self, text: PromptText) -> list[int]:
+        """Prompt text to ids: only the template's own text may hold special tokens; the caller's text is
+        plain. Same ids as tokenizing the whole string with special tokens on, when the caller's text holds
+        none: the template's text is cut at its special tokens and the plain stretches around them (the
+        caller's text included) are tokenized whole."""
+        ids: list[int] = []
+        plain: list[str] = []
+
+        def flush() -> None:
+            if plain:
+                ids.extend(self.model.tokenize("".join(plain), add_special=False, parse_special=False))
+                plain.clear()
+
+        for run, trusted in text.runs:
+            if not trusted:
+                plain.append(run)
+                continue
+            at = 0
+            for tok in self.model.tokenize(run, add_special=False, parse_special=True):
+                if not self.model.is_control(tok):
+                    continue
+                mark = self.model.token_to_piece(tok, special=True).decode("utf-8")
+                found = run.find(mark, at)
+                if found < 0:
+                    raise ModelFileError(f"the chat template's token {mark!r} cannot be located; re-convert the model")
+                plain.append(run[at:found])
+                flush()
+                ids.append(tok)
+                at = found + len(mark)
+            plain.append(run[at:])
+        flush()
+        return ids
 
     def is_eog(self, token: int) -> bool:
         return token in self.eog_ids
@@ -286,10 +320,42 @@ class ThinkerSession:
         return self.ctx.get_state(0)
 
     def set_state(self, data: bytes, arrays: dict[str, np.ndarray]) -> None:
+        """Restore a saved sequence; ModelFileError (the sequence left empty) unless the token history
+        is well-formed and matches the cache cell for cell."""
+        self._check_arrays(arrays)
         self.ctx.set_state(data, 0)
-        self.history.load(arrays)
-        if self.n_used != self.history.n:
-            raise ModelFileError("the saved chat's KV cache and token history disagree; the file is corrupt")
+        try:
+            self.history.load(arrays)
+            pos = self.history.positions
+            t, top = self.ctx.cell_positions(0)
+            lo, hi = self.ctx.seq_pos_range(0)
+            if (self.n_used != self.history.n or not np.array_equal(t, pos[0]) or not np.array_equal(top, pos.max(axis=0))
+                    or (t.size and (lo, hi) != (int(t.min()), int(t.max())))):
+                raise ModelFileError("the saved chat's KV cache and token history disagree; the file is corrupt")
+        except BaseException:
+            self.clear()
+            raise
+
+    def _check_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Keys, dtypes, shapes and value ranges of saved history arrays (History.arrays)."""
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ModelFileError(f"the saved chat's token history is malformed ({what}); the file is corrupt")
+
+        need(all(k in arrays for k in ("ids", "kinds", "positions")), "ids, kinds or positions missing")
+        ids, kinds, pos = arrays["ids"], arrays["kinds"], arrays["positions"]
+        need(all(a.dtype.kind in "iu" for a in (ids, kinds, pos)), "non-integer arrays")
+        need(ids.ndim == 1 and kinds.shape == ids.shape and pos.shape == (3, ids.size), "shapes disagree")
+        n_vocab = self.thinker.model.n_vocab
+        need(not ids.size or (int(ids.min()) >= 0 and int(ids.max()) < n_vocab), "token ids outside the vocabulary")
+        need(not kinds.size or (int(kinds.min()) >= 0 and int(kinds.max()) <= KIND_VIDEO), "unknown token kinds")
+        need(not pos.size or (int(pos.min()) >= 0 and int(pos.max()) < 2**31 - 1), "positions out of range")
+        hidden = arrays.get("hidden")
+        if self.history.keeps_hidden:
+            need(hidden is not None, "no hidden states for a speech chat")
+        if hidden is not None:
+            need(hidden.dtype.kind == "f" and hidden.shape == (ids.size, self.thinker.model.n_embd),
+                 "hidden states of the wrong shape")
 
     def copy_from(self, other: ThinkerSession) -> None:
         """Make this session a copy of another (KV cells and history)."""
