@@ -6,6 +6,7 @@
 #   espeak-ng, sox       speech clips for the voice tests; measuring/converting audio by hand
 #   xvfb, x11-utils      a virtual X display for the Kivy app tests (xdpyinfo tells when it is up)
 #   libgl1-mesa-dri      software OpenGL (llvmpipe) for Kivy under Xvfb
+#   chromium(-driver)    headless browser + WebDriver for the `pocketomni serve` voice page test
 set -euo pipefail
 packages=(
   libportaudio2
@@ -17,6 +18,8 @@ packages=(
   xvfb
   x11-utils
   libgl1-mesa-dri
+  chromium
+  chromium-driver
 )
 missing=()
 for p in "${packages[@]}"; do

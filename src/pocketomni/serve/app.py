@@ -3,6 +3,7 @@
     GET  /v1/models              the one loaded model
     POST /v1/chat/completions    OpenAI chat completions, text and speech, streamed or not
     GET  /health                 {"status": "ok", "active": n, "waiting": n}
+    GET  /                       the voice page (static/voice.html: talk to the model in a browser)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -151,6 +152,11 @@ def create_app(omni: Omni, config: ServeConfig | None = None) -> Starlette:
              "capabilities": {k: v for k, v in vars(omni.capabilities).items()},
              "voices": list(server.pool.voices())}]})
 
+    async def page(request: Request) -> Response:
+        from importlib.resources import files
+
+        return HTMLResponse((files("pocketomni.serve") / "static" / "voice.html").read_text("utf-8"))
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "active": server.admission.active, "waiting": server.admission.waiting})
 
@@ -196,7 +202,7 @@ def create_app(omni: Omni, config: ServeConfig | None = None) -> Starlette:
 
     app = Starlette(
         routes=[Route("/v1/models", models), Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-                Route("/health", health)],
+                Route("/health", health), Route("/", page)],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )

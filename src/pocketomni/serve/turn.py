@@ -37,7 +37,10 @@ class TurnRecord:
     reused_messages: int = 0
     cached_tokens: int = 0
     prompt_tokens: int = 0
+    media_tokens: int = 0
     reply_tokens: int = 0
+    audio_codes: int = 0
+    text: str = ""
     events: int = 0
     tokens_after_cancel: int | None = None
 
@@ -120,7 +123,9 @@ class Turn:
                 rec.events += 1
                 if isinstance(ev, Done):
                     rec.finish_reason = ev.finish_reason
-                    rec.prompt_tokens, rec.reply_tokens = ev.usage.prompt_tokens, ev.usage.reply_tokens
+                    u = ev.usage
+                    rec.prompt_tokens, rec.media_tokens, rec.reply_tokens = u.prompt_tokens, u.media_tokens, u.reply_tokens
+                    rec.audio_codes, rec.text = u.audio_codes, ev.text
                     if ev.finish_reason != "cancelled":
                         reply = ev.text
                 yield ev
