@@ -264,31 +264,31 @@ def write_report(r: dict[str, Any], out: Path) -> None:
     n_alone = len(a["latency"])
     lines = [
         "# `pocketomni serve` load test", "",
-        "Written by `benchmarks/serve_load.py` (see its docstring). Server and clients share one machine "
+        ("Written by `benchmarks/serve_load.py` (see its docstring). Server and clients share one machine "
         f"({r['machine']['cpu']}, {r['machine']['cores']} cores, load average {r['machine']['load_avg'][0]:.1f} at the "
-        f"start, shared with other work): wall-clock figures are noisy; CPU seconds per request are steadier.", "",
-        f"Model `{c['model']}`, server `--threads {c['server_threads']} --max-active {c['max_active']}`; "
+        f"start, shared with other work): wall-clock figures are noisy; CPU seconds per request are steadier."), "",
+        (f"Model `{c['model']}`, server `--threads {c['server_threads']} --max-active {c['max_active']}`; "
         f"{c['clients']} clients x {c['requests_per_client']} requests (text, sampled text, image, audio in, "
-        f"streamed speech of {c['speech_codes']} codes); {r['date']}.", "",
-        f"**Sent {r['sent']}, lost {r['lost']}, mismatched {r['mismatched']}** (every reply under load compared "
-        "with the same request run alone: text, and the PCM of spoken replies).", "",
+        f"streamed speech of {c['speech_codes']} codes); {r['date']}."), "",
+        (f"**Sent {r['sent']}, lost {r['lost']}, mismatched {r['mismatched']}** (every reply under load compared "
+        "with the same request run alone: text, and the PCM of spoken replies)."), "",
         "| phase | requests | wall s | p50 latency | p99 latency | requests/s | server CPU s / request |",
         "|---|---|---|---|---|---|---|",
-        f"| alone (one at a time) | {n_alone} | {a['seconds']:.1f} | {a['p50'] * 1000:.0f} ms | {a['p99'] * 1000:.0f} ms | "
-        f"{n_alone / a['seconds']:.2f} | {a['cpu_seconds'] / n_alone:.3f} |",
-        f"| load ({c['clients']} clients) | {r['sent']} | {ld['seconds']:.1f} | {ld['p50'] * 1000:.0f} ms | "
-        f"{ld['p99'] * 1000:.0f} ms | {ld['requests_per_s']:.2f} | {ld['cpu_seconds'] / max(r['sent'], 1):.3f} |",
-        "", f"Under load: {ld['reply_tokens_per_s']:.1f} reply tokens/s; throughput {ld['requests_per_s'] * a['seconds'] / n_alone:.2f}x "
-        "the one-at-a-time rate (same machine, same run).", "",
+        (f"| alone (one at a time) | {n_alone} | {a['seconds']:.1f} | {a['p50'] * 1000:.0f} ms | {a['p99'] * 1000:.0f} ms | "
+        f"{n_alone / a['seconds']:.2f} | {a['cpu_seconds'] / n_alone:.3f} |"),
+        (f"| load ({c['clients']} clients) | {r['sent']} | {ld['seconds']:.1f} | {ld['p50'] * 1000:.0f} ms | "
+        f"{ld['p99'] * 1000:.0f} ms | {ld['requests_per_s']:.2f} | {ld['cpu_seconds'] / max(r['sent'], 1):.3f} |"),
+        "", (f"Under load: {ld['reply_tokens_per_s']:.1f} reply tokens/s; throughput {ld['requests_per_s'] * a['seconds'] / n_alone:.2f}x "
+        "the one-at-a-time rate (same machine, same run)."), "",
         "| kind | p50 under load | p99 under load |", "|---|---|---|",
         *[f"| {k} | {v['p50'] * 1000:.0f} ms | {v['p99'] * 1000:.0f} ms |" for k, v in ld["by_kind"].items()],
     ]
     if r.get("ttfa"):
         t = r["ttfa"]
-        lines += ["", f"Time to first audio of one spoken reply, median of {t['rounds']} alternating rounds after a warm-up "
+        lines += ["", (f"Time to first audio of one spoken reply, median of {t['rounds']} alternating rounds after a warm-up "
                   f"(idle server): over HTTP (first pcm16 delta at the client) {t['http_median'] * 1000:.0f} ms; "
                   f"in-process SDK (first AudioChunk) {t['in_process_median'] * 1000:.0f} ms; "
-                  f"ratio {t['http_median'] / t['in_process_median']:.2f}x."]
+                  f"ratio {t['http_median'] / t['in_process_median']:.2f}x.")]
     if r["lost_examples"] or r["mismatch_examples"]:
         lines += ["", "Failures:", *[f"- {e}" for e in r["lost_examples"] + r["mismatch_examples"]]]
     (out / "serve_load.md").write_text("\n".join(lines) + "\n")

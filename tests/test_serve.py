@@ -145,6 +145,21 @@ def test_image_and_audio_in_equal_the_sdk(client, srv, omni):
     assert out.usage.prompt_tokens == done.usage.prompt_tokens
 
 
+def test_video_with_its_sound_equals_the_sdk(client, srv, omni, tmp_path):
+    from video_files import write_clip
+
+    t = np.arange(3 * 16000) / 16000
+    path = write_clip(tmp_path / "clip.mp4", fps=10, seconds=3, size=(160, 112), step=6,
+                      tone=(0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate=16000)
+    done, _ = sdk_turn(omni.chat(), messages=[{"role": "user", "content": [
+        {"type": "video", "video": str(path)}, {"type": "text", "text": "What happens?"}]}], max_tokens=6)
+    url = "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+    out = client.chat.completions.create(model=srv.server.model_id, max_tokens=6, messages=[{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "What happens?"}]}])
+    assert out.choices[0].message.content == done.text
+    assert out.usage.prompt_tokens == done.usage.prompt_tokens and wait_for_record(srv.server).media_tokens > 0
+
+
 # ------------------------------------------------------------------ speech
 
 

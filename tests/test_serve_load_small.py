@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_concurrent_clients_get_their_own_replies(converted_tiny, tmp_path) -> None:
     converted_tiny("base", "f32")  # built here (cached) so the benchmark finds it
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--tiny", "--clients", "3",
-                          "--requests", "5", "--out", str(tmp_path)], capture_output=True, text=True, timeout=1200)
+                          "--requests", "5", "--out", str(tmp_path)], capture_output=True, text=True, timeout=1200, check=False)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     r = json.loads((tmp_path / "serve_load.json").read_text())
     assert (r["sent"], r["lost"], r["mismatched"]) == (15, 0, 0), r

@@ -19,14 +19,23 @@ import json
 import socket
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pocketomni.chat.async_bridge import CancelFlag, ThreadStream
 from pocketomni.errors import OptionsError, PocketOmniError
 from pocketomni.events import Done, Event, TextDelta
 from pocketomni.options import GenerationOptions, SpeechOptions, resolve_options
-from pocketomni.remote.wire import error_from_body, events_from_completion, events_from_sse, media_items, request_body
+from pocketomni.remote.wire import (
+    error_from_body,
+    events_from_completion,
+    events_from_sse,
+    media_items,
+    request_body,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["RemoteChat", "RemoteOmni"]
 
@@ -97,7 +106,7 @@ class RemoteOmni:
     def close(self) -> None:
         """Nothing to free (connections close after each turn); for symmetry with Omni."""
 
-    def __enter__(self) -> RemoteOmni:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

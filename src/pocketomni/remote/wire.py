@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from pocketomni.audio.rates import OUTPUT_RATE
-from pocketomni.errors import ContextOverflowError, FeatureUnavailableError, MediaError, OptionsError, PocketOmniError
+from pocketomni.errors import (
+    ContextOverflowError,
+    FeatureUnavailableError,
+    MediaError,
+    OptionsError,
+    PocketOmniError,
+)
 from pocketomni.events import AudioChunk, Done, Event, TextDelta, Usage
 
 __all__ = ["error_from_body", "events_from_completion", "events_from_sse", "media_items", "request_body"]

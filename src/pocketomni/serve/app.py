@@ -106,7 +106,7 @@ class StreamedReply:
                         await self._send(send, chunk(r, {}, FINISH[ev.finish_reason]))
                         if self.include_usage:
                             await self._send(send, chunk(r, None, usage_=usage(ev, self.turn.cached_tokens)))
-            except Exception as e:  # noqa: BLE001 -- reported to the client in OpenAI's schema
+            except Exception as e:
                 err = from_exception(e)
                 if err.status >= 500 and err.code not in ("timeout", "queue_timeout"):
                     log.exception("%s failed", r.id)
@@ -183,7 +183,7 @@ def create_app(omni: Omni, config: ServeConfig | None = None) -> Starlette:
         except ClientGone:
             log.info("%s: client disconnected, generation cancelled", reply.id)
             return Response(status_code=499)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             err = from_exception(e)
             if err.status >= 500 and err.code not in ("timeout", "queue_timeout"):
                 log.exception("%s failed", reply.id)

@@ -153,7 +153,7 @@ class MessageConverter:
         if self.root is None:
             raise _bad(f"{p}: local files are not allowed; send the file as a data: URL, or start the server with "
                        "--allow-local-files DIR", p)
-        path = Path(url[len("file://"):] if url.startswith("file://") else url)
+        path = Path(url.removeprefix("file://"))
         if not path.is_absolute():
             raise _bad(f"{p}: a local file must be given by its absolute path (or a file:// URL)", p)
         resolved = path.resolve()

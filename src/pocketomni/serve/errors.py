@@ -24,7 +24,7 @@ __all__ = ["APIError", "error_body", "error_response", "from_exception"]
 class APIError(Exception):
     """An error reply: HTTP status, OpenAI error type, optional param and code."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
                  param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
