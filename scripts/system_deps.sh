@@ -8,6 +8,7 @@
 #   libgl1-mesa-dri      software OpenGL (llvmpipe) for Kivy under Xvfb
 #   fonts-dejavu-core, fonts-noto-cjk, fonts-symbola
 #                        the demo app's font chain (Latin etc., CJK, emoji) and its every-script test
+#   chromium(-driver)    headless browser + WebDriver for the `pocketomni serve` voice page test
 set -euo pipefail
 packages=(
   libportaudio2
@@ -22,6 +23,8 @@ packages=(
   fonts-dejavu-core
   fonts-noto-cjk
   fonts-symbola
+  chromium
+  chromium-driver
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBPACKAGES = ("audio", "backend", "chat", "cli", "convert", "engine", "media", "token2wav", "voice")
+SUBPACKAGES = ("audio", "backend", "chat", "cli", "convert", "engine", "media", "remote", "serve", "token2wav", "voice")
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,7 @@ def test_wheel_holds_every_subpackage_and_nothing_else(wheel: Path) -> None:
     for sub in SUBPACKAGES:
         assert f"pocketomni/{sub}/__init__.py" in names, sub
     assert "pocketomni/engine/manifest.py" in names and "pocketomni/cli/main.py" in names
+    assert "pocketomni/serve/static/voice.html" in names  # the page `pocketomni serve` hosts (package data)
     top = {n.split("/")[0] for n in names}
     assert top == {"pocketomni", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
     entry = next(n for n in names if n.endswith("entry_points.txt"))

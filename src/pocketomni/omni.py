@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from pocketomni.chat.chat import Chat
     from pocketomni.engine.speech import SpeechEngine
+    from pocketomni.remote.client import RemoteOmni
 
 __all__ = ["Omni"]
 
@@ -104,6 +105,15 @@ class Omni(Closable):
     def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> _Loading:
         """Load in a worker thread: `async with Omni.load(folder) as omni:` or `omni = await Omni.load(folder)`."""
         return _Loading(cls, path, kwargs)
+
+    @classmethod
+    def connect(cls, base_url: str, model: str | None = None, **kwargs: Any) -> RemoteOmni:
+        """The same chat API against an OpenAI-compatible server (`pocketomni serve`, vLLM-Omni,
+        llama-server): `Omni.connect("http://127.0.0.1:8000/v1").chat(speech=True)`. kwargs: api_key,
+        timeout, stream (False for servers that send speech only in whole replies, e.g. vLLM-Omni)."""
+        from pocketomni.remote.client import RemoteOmni
+
+        return RemoteOmni(base_url, model, **kwargs)
 
     @classmethod
     def load_sync(cls, path: str | os.PathLike[str], **kwargs: Any) -> Omni:

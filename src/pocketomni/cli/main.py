@@ -12,6 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pocketomni.cli.chat import add_chat_parser
     from pocketomni.cli.demo import add_demo_parser
     from pocketomni.cli.doctor import add_doctor_parser
+    from pocketomni.cli.serve import add_serve_parser
     from pocketomni.convert.cli import add_convert_parser
     from pocketomni.convert.synth import add_synth_parser
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_chat_parser(sub)
     add_doctor_parser(sub)
+    add_serve_parser(sub)
     bench = sub.add_parser("bench", prefix_chars="+", add_help=False,  # every argument goes to the suite
                            help="benchmark suite (benchmarks/suite.py of a source checkout; `bench --help`)")
     bench.add_argument("args", nargs=argparse.REMAINDER)
