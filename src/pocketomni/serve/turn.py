@@ -70,6 +70,7 @@ class Turn:
         server.records.append(self.rec)
         self.lease: Lease | None = None
         self._tokens_at_cancel: int | None = None
+        self._gone = False  # the client left: stop even if the task's cancellation is lost (see _run)
 
     @property
     def cached_tokens(self) -> int:
@@ -78,6 +79,7 @@ class Turn:
     def client_gone(self) -> None:
         """The client disconnected: note how far the chat is, before its turn is cancelled."""
         self.rec.finish_reason = "disconnected"
+        self._gone = True
         if self.lease is not None:
             self._tokens_at_cancel = self.lease.chat.n_tokens
 
@@ -120,6 +122,9 @@ class Turn:
                 except PocketOmniError:
                     unchanged = rec.events == 0
                     raise
+                if self._gone:  # Python < 3.12's wait_for can swallow a cancel that races a result
+                    rec.finish_reason = "disconnected"
+                    return
                 rec.events += 1
                 if isinstance(ev, Done):
                     rec.finish_reason = ev.finish_reason
