@@ -279,11 +279,11 @@ def run(folder: Path, label: str, threads: int, n_ctx: int | None, tokens: int, 
     wall = time.perf_counter() - t0
     st.switch("after turn")
     snaps["after turn"] = smaps_breakdown()
-    speech = omni._speech
+    speech = omni.runtime.speech_loaded
     arrays = {
         "token2wav (DiT, ECAPA, BigVGAN)": numpy_bytes(speech.token2wav) if speech else {},
         "talker (projection, speakers)": numpy_bytes(speech.talker) if speech else {},
-        "audio encoder": numpy_bytes(omni._media._audio) if omni._media._audio is not None else {},
+        "audio encoder": numpy_bytes(omni.runtime.media._audio) if omni.runtime.media._audio is not None else {},
     }
     n_codes = done.usage.audio_codes if done else 0
     omni.close()

@@ -71,7 +71,7 @@ def bench_talker(omni, threads: int, n_codes: int, n_prompt: int, repeats: int) 
 
     from pocketomni.options import SpeechOptions
 
-    engine = omni._speech_engine()
+    engine = omni.runtime.speech_engine()
     tk = engine.talker
     rng = np.random.default_rng(0)
     width = tk.thinker_width
@@ -170,7 +170,7 @@ def bench_token2wav(omni, threads: int, n_codes: int, repeats: int, presets: lis
     from pocketomni.engine.weights import load_token2wav
 
     torch.set_num_threads(threads)
-    engine = omni._speech_engine()
+    engine = omni.runtime.speech_engine()
     tw = engine.token2wav
     spk = engine.speaker("Chelsie")
     spk_raw = engine._speakers["Chelsie"]

@@ -112,9 +112,9 @@ def run_suite(folder: Path, shape: str, plan_name: str, threads: int, parts: lis
         with tempfile.TemporaryDirectory(prefix="pocketomni-suite-") as work:
             section("thinker", lambda: bench_thinker(omni, raw, plan, bw))
             section("image", lambda: bench_images(omni, raw, plan, threads, Path(work)))
-        if omni._media.mtmd is not None:  # free the projector before the speech models load
-            omni._media.mtmd.close()
-            omni._media.mtmd = None
+        if omni.runtime.media.mtmd is not None:  # free the projector before the speech models load
+            omni.runtime.media.mtmd.close()
+            omni.runtime.media.mtmd = None
         raw.close()
         section("speech", lambda: bench_speech(omni, plan, threads, gflops, results))
         omni.close()

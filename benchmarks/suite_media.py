@@ -81,7 +81,7 @@ def write_images(work: Path) -> dict[str, Path]:
 def bench_images(omni: Any, raw: RawLlama, plan: dict, threads: int, work: Path) -> dict[str, Any]:
     from pocketomni.chat.conversation import media_part
 
-    media = omni._media
+    media = omni.runtime.media
     kw = media._mtmd_kw
     stock = RawMtmd(omni.folder.mmproj, raw, threads, kw["image_min_tokens"], kw["image_max_tokens"])
     files = write_images(work)

@@ -72,7 +72,7 @@ def bench_speech(omni: Any, plan: dict, threads: int, gflops: float, results: Pa
     out["talker"] = sb.bench_talker(omni, threads, plan["talker_codes"], 64, plan["repeats"])
     print(f"  talker: SDK {out['talker']['sdk_codes_per_s']:.1f} codes/s, raw {out['talker']['raw_codes_per_s']:.1f}",
           flush=True)
-    engine = omni._speech_engine()
+    engine = omni.runtime.speech_engine()
     model = sb.torch_token2wav(load_token2wav(omni.folder.token2wav))
     n = plan["t2w_codes"]
     audio_s = n * 480 / sb.SR

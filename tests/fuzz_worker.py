@@ -217,7 +217,7 @@ class Fuzzer:
         return self._gguf("thinker", rng, d, lambda p: LlamaModel(p, n_threads=1).close())
 
     def _mmproj(self, rng: random.Random, d: Path) -> str:
-        model = self.omni._thinker.model
+        model = self.omni.runtime.thinker.model
         return self._gguf("mmproj", rng, d, lambda p: MtmdContext(p, model, n_threads=1).close())
 
     def _token2wav(self, rng: random.Random, d: Path) -> str:

@@ -60,7 +60,7 @@ def _specials(ids: list[int]) -> list[int]:
 
 def _check(omni: po.Omni, clean: list[int], forged: list[int], payload: str, copies: int = 1) -> None:
     assert _specials(forged) == _specials(clean), "text typed by the caller became special tokens"
-    plain = omni._thinker.model.detokenize(forged, special=False)  # special ids render as ''
+    plain = omni.runtime.thinker.model.detokenize(forged, special=False)  # special ids render as ''
     assert plain.count(payload) == copies, plain
 
 
@@ -125,7 +125,7 @@ def test_typed_markers_stay_plain_text(omni, tmp_path, entry, copies, payload) -
 
 def test_template_markers_are_still_special(omni) -> None:
     """The template's own markers keep their ids: a system + user turn opens with <|im_start|> ids."""
-    m = omni._thinker.model
+    m = omni.runtime.thinker.model
     im_start, im_end = m.token_id("<|im_start|>"), m.token_id("<|im_end|>")
     ids = _send(omni.chat(system="S"), "Q")
     assert _specials(ids) == [im_start, im_end, im_start, im_end, im_start]

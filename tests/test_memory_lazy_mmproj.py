@@ -16,7 +16,7 @@ def _run(chat, *args, **kw) -> po.Done:
 def test_mmproj_loads_on_first_image_only(converted_tiny) -> None:
     folder = converted_tiny("base", "f32")
     with po.Omni.load_sync(folder, n_threads=1, n_ctx=512) as omni:
-        media = omni._media
+        media = omni.runtime.media
         assert omni.capabilities.vision and omni.capabilities.exact_audio
         assert media.mtmd is None  # nothing loaded yet
         chat = omni.chat(max_tokens=2)
@@ -44,4 +44,4 @@ def test_no_mmproj_still_says_what_is_missing(converted_tiny, tmp_path) -> None:
     with po.Omni.load_sync(tmp_path, n_threads=1, n_ctx=256) as omni, pytest.raises(
         po.FeatureUnavailableError, match="mmproj"
     ):
-        omni._media._mtmd()
+        omni.runtime.media._mtmd()

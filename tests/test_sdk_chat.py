@@ -65,7 +65,7 @@ async def _arun(chat, *args, **kw) -> po.Done:
 
 def _greedy_from_tokens(omni, ids: list[int], n: int) -> list[int]:
     """Greedy continuation of a text-only token sequence in a fresh raw context (no SDK state)."""
-    model = omni._thinker.model
+    model = omni.runtime.thinker.model
     with LlamaContext(model, n_ctx=omni.n_ctx, n_seq_max=1) as ctx:
         logits = ctx.decode_tokens(ids).last_logits
         out = []
@@ -313,13 +313,13 @@ def test_options_stop_strings_length_and_seed(omni) -> None:
 def test_end_of_reply_closes_the_turn(omni, monkeypatch) -> None:
     probe = _run(omni.chat(), "Hello", max_tokens=4)
     chat = omni.chat()
-    monkeypatch.setattr(omni._thinker, "eog_ids", frozenset({probe.tokens[2]}))
+    monkeypatch.setattr(omni.runtime.thinker, "eog_ids", frozenset({probe.tokens[2]}))
     done = _run(chat, "Hello", max_tokens=4)
     assert done.finish_reason == "stop" and done.tokens == probe.tokens[:2]
     monkeypatch.undo()
     n = len(chat.tokens)
     nxt = _run(chat, "Bye", max_tokens=2)
-    im_end = omni._thinker.model.token_id("<|im_end|>")
+    im_end = omni.runtime.thinker.model.token_id("<|im_end|>")
     assert chat.tokens[n] == im_end and nxt.usage.prompt_tokens == len(chat.tokens) - n - 1
     chat.close()
 

@@ -26,7 +26,7 @@ def test_history_keeps_hidden_states_and_positions_like_the_reference(converted_
     aud = (0.3 * np.sin(2 * np.pi * 500 * t)).astype(np.float32)
     with po.Omni.load_sync(converted_tiny("base", "f32"), n_threads=1, kv_f32=True) as omni:
         settings = SpeechSettings(options=po.SpeechOptions(max_codes=4))  # keep the spoken part short
-        chat = Chat(omni, speech=True, options=po.GenerationOptions(max_tokens=5), speech_settings=settings)
+        chat = Chat(omni.runtime, speech=True, options=po.GenerationOptions(max_tokens=5), speech_settings=settings)
         done = next(e for e in chat.send_sync("Hi", images=[img], audio=[(aud, 16000)]) if isinstance(e, po.Done))
         hist = chat._session.history
         ids = hist.ids.tolist()

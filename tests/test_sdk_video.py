@@ -139,7 +139,7 @@ def test_interrupted_video_prefill_rolls_back(omni):
     before, stored_before = chat.n_tokens, chat._session.ctx.stored_positions(0)
     sess = chat._session
     _, layout, prepared = chat._plan([user_message("What?", video=(frames(4), 2, sound(4), RATE))])
-    rows = omni._media.encode_all(prepared)
+    rows = omni.runtime.media.encode_all(prepared)
     calls = []
     with pytest.raises(DecodeInterrupted):
         sess.prefill(layout, rows, should_stop=lambda: calls.append(1) or len(calls) > 2)  # stop after chunk 0 audio was relabelled

@@ -66,7 +66,7 @@ def test_audio_arrives_while_text_streams(omni, preset, mode, reply):
 
     # The interleaved, streamed waveform equals rendering all codes at once with the same noise: in
     # exact mode one-shot rendering itself; in chunked mode the same chunking fed in one piece.
-    eng = omni._speech_engine()
+    eng = omni.runtime.speech_engine()
     spk = eng.speaker("Chelsie")
     if mode == "exact":
         whole = eng.token2wav.render(np.array(codes), spk, preset, seed=SEED)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
-import weakref
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,15 +19,15 @@ from pocketomni.backend.llama import gpu_layers
 from pocketomni.closing import Closable
 from pocketomni.engine.encoders import MediaEncoders
 from pocketomni.engine.model_folder import Capabilities, ModelFolder
+from pocketomni.engine.runtime import ModelRuntime, SpeechLoad
 from pocketomni.engine.thinker import ContextSettings, Thinker
-from pocketomni.errors import FeatureUnavailableError, OptionsError, PocketOmniError
+from pocketomni.errors import FeatureUnavailableError, OptionsError
 from pocketomni.media.image import ImageConfig
 from pocketomni.options import GenerationOptions, resolve_options
 
 if TYPE_CHECKING:
 
     from pocketomni.chat.chat import Chat
-    from pocketomni.engine.speech import SpeechEngine
     from pocketomni.remote.client import RemoteOmni
 
 __all__ = ["Omni"]
@@ -84,19 +82,15 @@ class Omni(Closable):
             )
         self.folder = ModelFolder.open(path, mmproj)
         settings = ContextSettings(n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, kv_f32=kv_f32)
-        self._thinker = Thinker(self.folder.thinker, n_threads=n_threads, settings=settings, n_gpu_layers=n_gpu_layers)
+        thinker = Thinker(self.folder.thinker, n_threads=n_threads, settings=settings, n_gpu_layers=n_gpu_layers)
         try:
-            self._media = MediaEncoders(self._thinker.model, self.folder, n_threads=n_threads,
-                                        image_config=image_cfg, exact_audio=exact_audio, use_gpu=n_gpu_layers != 0)
+            media = MediaEncoders(thinker.model, self.folder, n_threads=n_threads, image_config=image_cfg,
+                                  exact_audio=exact_audio, use_gpu=n_gpu_layers != 0)
         except BaseException:
-            self._thinker.close()
+            thinker.close()
             raise
-        self._n_threads, self._kv_f32, self._n_gpu_layers = n_threads, kv_f32, n_gpu_layers
-        self._speech: SpeechEngine | None = None  # talker + token2wav, loaded by the first speech chat
-        self._speech_lock = threading.Lock()
-        self._chats: weakref.WeakSet[Chat] = weakref.WeakSet()
-        self._closed = False
-        self._close_lock = threading.Lock()
+        # package-internal: what chats run on (tests and benchmarks reach the parts through it)
+        self.runtime = ModelRuntime(self.folder, thinker, media, SpeechLoad(n_threads, kv_f32, n_gpu_layers))
         self._voices: tuple[str, ...] | None = None
 
     # ------------------------------------------------------------------ loading
@@ -125,12 +119,12 @@ class Omni(Closable):
     @property
     def capabilities(self) -> Capabilities:
         """What this model can do (vision, audio input, speech output)."""
-        return self.folder.capabilities(exact_audio=self._media.exact_audio)
+        return self.folder.capabilities(exact_audio=self.runtime.media.exact_audio)
 
     @property
     def n_ctx(self) -> int:
         """Context window of each chat, in tokens."""
-        return self._thinker.settings.n_ctx
+        return self.runtime.n_ctx
 
     def chat(self, system: str | None = None, speech: bool = False, *, voice: str | None = None,
              speech_preset: str | None = None, speech_options: Any = None, speech_streaming: str | None = None,
@@ -163,7 +157,7 @@ class Omni(Closable):
         elif any(v is not None for v in (voice, speech_preset, speech_options, speech_streaming)):
             raise OptionsError("voice, speech_preset, speech_options and speech_streaming need chat(speech=True)")
         opts = resolve_options(GenerationOptions(), options, overrides)
-        return Chat(self, system=system, speech=speech, options=opts, speech_settings=settings)
+        return Chat(self.runtime, system=system, speech=speech, options=opts, speech_settings=settings)
 
     async def achat(self, system: str | None = None, speech: bool = False, **kwargs: Any) -> Chat:
         """`chat(...)` in a worker thread (a chat allocates its context cache); same arguments."""
@@ -174,7 +168,7 @@ class Omni(Closable):
         real models); idempotent. FeatureUnavailableError when the folder has no speech files."""
         self._check_open()
         self.folder.require("speech_out")
-        self._speech_engine()
+        self.runtime.speech_engine()
 
     async def aload_speech(self) -> None:
         """`load_speech()` in a worker thread."""
@@ -189,66 +183,32 @@ class Omni(Closable):
         if voice not in self._voices:
             raise OptionsError(f"unknown voice {voice!r}; this model has {', '.join(sorted(self._voices))}")
 
-    def _speech_engine(self) -> SpeechEngine:
-        """The talker + token2wav shared by this model's speech chats (loaded on first use)."""
-        from pocketomni.engine.speech import SpeechEngine
-
-        with self._speech_lock:
-            self._check_open()
-            if self._speech is None:
-                self._speech = SpeechEngine(self.folder, self._thinker, n_ctx=self.n_ctx,
-                                            n_threads=self._n_threads, kv_f32=self._kv_f32,
-                                            n_gpu_layers=self._n_gpu_layers)
-            return self._speech
-
     def restore_chat(self, path: str | os.PathLike[str]) -> Chat:
         """A chat saved with `chat.save(path)`, continuing exactly where it stopped."""
         from pocketomni.chat.chat import Chat
 
         self._check_open()
-        return Chat.restore(self, Path(path))
+        return Chat.restore(self.runtime, Path(path))
 
     async def arestore_chat(self, path: str | os.PathLike[str]) -> Chat:
         """`restore_chat(path)` in a worker thread."""
         return await asyncio.to_thread(self.restore_chat, path)
 
-    def _register(self, chat: Chat) -> None:
-        self._chats.add(chat)
-
-    def _unregister(self, chat: Chat) -> None:
-        self._chats.discard(chat)
-
     # ------------------------------------------------------------------ lifecycle
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise PocketOmniError("this model is closed; load it again with Omni.load(...)")
+        self.runtime.check_open()
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self.runtime.closed
 
     def close(self) -> None:
         """Stop running turns, free every chat and the model (idempotent)."""
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        for chat in list(self._chats):
-            chat.cancel()
-        for chat in list(self._chats):
-            try:
-                chat.close()
-            except PocketOmniError:
-                pass  # a chat suspended in this thread; the model's close frees its context anyway
-        self._media.close()
-        with self._speech_lock:
-            if self._speech is not None:
-                self._speech.close()
-        self._thinker.close()
+        self.runtime.close()
 
     def __repr__(self) -> str:
-        c = self.capabilities if not self._closed else None
+        c = self.capabilities if not self.closed else None
         return f"Omni({str(self.folder.root)!r}, {'closed' if c is None else c})"
 
 

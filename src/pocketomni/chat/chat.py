@@ -49,8 +49,8 @@ from pocketomni.options import GenerationOptions, check_text, resolve_options
 
 if TYPE_CHECKING:
 
+    from pocketomni.engine.runtime import ModelRuntime
     from pocketomni.engine.speech import SpeechEngine, SpeechReply, SpeechSettings
-    from pocketomni.omni import Omni
 
 __all__ = ["Chat"]
 
@@ -97,7 +97,7 @@ def _strip_sources(m: Message) -> Message:
 class Chat(Closable):
     """One conversation. Create with `Omni.chat()`; several chats on one model never see each other."""
 
-    def __init__(self, omni: Omni, *, system: str | None = None, speech: bool = False,
+    def __init__(self, model: ModelRuntime, *, system: str | None = None, speech: bool = False,
                  options: GenerationOptions | None = None, speech_settings: SpeechSettings | None = None) -> None:
         if system is not None and not isinstance(system, str):
             raise OptionsError(f"system must be a string or None, got {type(system).__name__}")
@@ -107,20 +107,20 @@ class Chat(Closable):
             from pocketomni.engine.speech import SpeechSettings
 
             speech_settings = SpeechSettings()
-        self._omni = omni
+        self._model = model
         self.system = system
         self.speech = speech
         self.speech_settings = speech_settings if speech else None
         self._last_speech: SpeechReply | None = None  # the last turn's spoken reply (codes, timings)
         self.options = options or GenerationOptions()
-        self._session: ThinkerSession = omni._thinker.session(keep_hidden=speech)
+        self._session: ThinkerSession = model.thinker.session(keep_hidden=speech)
         self._messages: list[Message] = []  # every message whose tokens are in the cache
         self._published: tuple[Message, ...] = ()  # _messages as of the last turn's end (see messages)
         self._pending: list[int] = []  # reply tokens sampled but not yet decoded into the cache
         self._lock = threading.Lock()
         self._owner: int | None = None  # thread running a turn (a suspended send_sync holds the chat)
         self._flag: CancelFlag | None = None
-        omni._register(self)
+        model.register(self)
 
     # ------------------------------------------------------------------ public API
 
@@ -198,7 +198,7 @@ class Chat(Closable):
     def fork(self) -> Chat:
         """An independent copy of this chat (same history and cache) that continues separately."""
         with self._hold():
-            other = Chat(self._omni, system=self.system, speech=self.speech, options=self.options,
+            other = Chat(self._model, system=self.system, speech=self.speech, options=self.options,
                          speech_settings=self.speech_settings)
             try:
                 other._session.copy_from(self._session)
@@ -244,21 +244,21 @@ class Chat(Closable):
         return SavedChat(header, self._session.history.arrays(), self._session.get_state())
 
     @classmethod
-    def restore(cls, omni: Omni, path: str | Path) -> Chat:
-        """A new chat on `omni` continuing exactly where the one saved in `path` stopped."""
+    def restore(cls, model: ModelRuntime, path: str | Path) -> Chat:
+        """A new chat on `model` continuing exactly where the one saved in `path` stopped."""
         saved = read_chat_file(Path(path))
         header = saved.header
         opts = GenerationOptions.from_dict(header.get("options") or {})
         speech = bool(header.get("speech"))
         if speech:  # refuse now, not on every later turn
-            omni.folder.require("speech_out")
+            model.folder.require("speech_out")
         settings = None
         if speech and isinstance(header.get("speech_settings"), dict):
             from pocketomni.engine.speech import SpeechSettings
 
             d = header["speech_settings"]
             settings = SpeechSettings.resolve(d.get("voice"), d.get("preset"), d.get("options"), d.get("streaming"))
-        chat = cls(omni, system=header.get("system"), speech=speech, options=opts, speech_settings=settings)
+        chat = cls(model, system=header.get("system"), speech=speech, options=opts, speech_settings=settings)
         try:
             if chat.speech and "hidden" not in saved.arrays:
                 raise ModelFileError(f"{path} has no hidden states for a speech chat; it is corrupt")
@@ -276,7 +276,7 @@ class Chat(Closable):
         self.cancel()
         with self._hold():
             self._session.close()
-            self._omni._unregister(self)
+            self._model.unregister(self)
 
     @property
     def closed(self) -> bool:
@@ -314,7 +314,7 @@ class Chat(Closable):
 
     def _plan(self, new: list[Message]) -> tuple[list[Message], Any, list[Any]]:
         """Render, load media, lay out tokens and check the context window. Changes nothing."""
-        th = self._omni._thinker
+        th = self._model.thinker
         msgs = list(new)
         if not self._messages and self.system is not None and msgs[0].role != "system":
             msgs.insert(0, Message("system", (Part("text", text=self.system),)))
@@ -324,7 +324,7 @@ class Chat(Closable):
             check_system_prompt("".join(p.text or "" for p in msgs[0].parts if p.kind == "text"))
         media = [p for m in msgs for p in m.media]
         pieces = render_turn(th.template, self._messages, msgs, media)  # the caller's text stays plain text
-        prepared = [self._omni._media.prepare(p) for p in media]
+        prepared = [self._model.media.prepare(p) for p in media]
         segments: list[Segment] = []
         head = list(self._pending)
         it = iter(prepared)
@@ -377,7 +377,7 @@ class Chat(Closable):
             return
         t0 = time.perf_counter()
         self._check_open()
-        engine = self._omni._speech_engine()
+        engine = self._model.speech_engine()
         with engine.hold(lambda: flag.is_set) as ok:  # the talker speaks for one chat at a time
             if not ok:
                 yield Done(text="", finish_reason="cancelled", timings=Timings(total_seconds=time.perf_counter() - t0))
@@ -389,10 +389,10 @@ class Chat(Closable):
                   progress: Callable[[Progress], None] | None = None) -> Iterator[Event]:
         t0 = time.perf_counter()
         self._check_open()
-        th, sess = self._omni._thinker, self._session
+        th, sess = self._model.thinker, self._session
         msgs, layout, prepared = self._plan(new)
         t_media = time.perf_counter()
-        media_rows = self._omni._media.encode_all(
+        media_rows = self._model.media.encode_all(
             prepared, should_stop=lambda: flag.is_set,
             progress=None if progress is None else lambda d, n: progress(Progress("encode", d, n)))
         media_s = time.perf_counter() - t_media if prepared else 0.0
