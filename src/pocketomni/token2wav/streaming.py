@@ -25,6 +25,7 @@ import numpy as np
 from pocketomni.errors import OptionsError
 from pocketomni.token2wav.bigvgan import BigVGAN
 from pocketomni.token2wav.dit import DiT, SpeakerCond
+from pocketomni.token2wav.first_chunk import CROSSFADE_SAMPLES, FirstChunk
 from pocketomni.token2wav.solver import SolverPlan
 
 F32 = np.float32
@@ -234,6 +235,9 @@ class SpeechStream:
 
     The concatenation of everything returned equals `Token2Wav.render` of all codes (same preset and
     noise) up to float rounding in `exact` mode; in `chunked` mode it follows the reference's streaming.
+    `first_chunk_codes` N > 0 (with `first_chunk_future` F < N) puts an independently rendered first
+    chunk in front (first_chunk.py): audio after N codes, then from sample (N - F) * samples-per-code +
+    `first_chunk_crossfade` on the same audio as without it.
     """
 
     def __init__(
@@ -247,6 +251,9 @@ class SpeechStream:
         chunk: int = 36,
         past: int = 24,
         future: int = 12,
+        first_chunk_codes: int = 0,
+        first_chunk_future: int = 0,
+        first_chunk_crossfade: int = CROSSFADE_SAMPLES,
     ):
         if mode == "exact":
             step = chunk * dit.cfg.repeats
@@ -256,13 +263,29 @@ class SpeechStream:
         else:
             raise OptionsError(f"unknown streaming mode {mode!r}; use 'exact' or 'chunked'.")
         self.voc = vocoder.new_stream()
+        self.first = FirstChunk(
+            lambda c: solve_mel(dit, spk, plan, c, noise),
+            vocoder,
+            dit.cfg.repeats,
+            first_chunk_codes,
+            first_chunk_future,
+            first_chunk_crossfade,
+        )
         self.mode = mode
         self.finished = False
 
+    @property
+    def seam(self) -> int:
+        """First sample from which the output is the main stream's alone (0 without a first chunk)."""
+        return self.first.seam + self.first.crossfade if self.first.n else 0
+
     def feed(self, codes: np.ndarray) -> np.ndarray:
         """Add codes; return the new audio samples (possibly none)."""
+        if self.finished:
+            raise OptionsError("feed() after finish(); start a new stream.")
         mel = self.dit_stream.feed(codes)
-        return self.voc.push(np.ascontiguousarray(mel.T), final=False).reshape(-1)
+        main = self.voc.push(np.ascontiguousarray(mel.T), final=False).reshape(-1)
+        return self.first.feed(codes, main)
 
     def finish(self) -> np.ndarray:
         """Flush: the remaining audio samples (empty when called again)."""
@@ -270,4 +293,4 @@ class SpeechStream:
             return np.zeros(0, F32)
         self.finished = True
         mel = self.dit_stream.finish()
-        return self.voc.push(np.ascontiguousarray(mel.T), final=True).reshape(-1)
+        return self.first.finish(self.voc.push(np.ascontiguousarray(mel.T), final=True).reshape(-1))
