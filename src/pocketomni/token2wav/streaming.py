@@ -15,7 +15,8 @@ Two DiT schedules share the flattened solver (`solver.SolverPlan`) and the strea
   several evaluations accumulate (exact once past/future cover evaluations x blocks_back/blocks_ahead).
 
 Either way the vocoder is exact streaming (see bigvgan.py; it lags 36 mel frames), so all seams come
-from the DiT schedule.
+from the DiT schedule. Either schedule can take a short first chunk in front (`first_chunk.py`: the
+first N codes rendered alone, sound after N codes; the stream's own audio from its seam on).
 """
 
 from __future__ import annotations
