@@ -123,13 +123,16 @@ STREAM_PARAMS = [
 @pytest.mark.parametrize("params", STREAM_PARAMS, ids=lambda p: f"t{p.temperature}-k{p.top_k}-p{p.top_p}")
 def test_stream_sampler_equals_sample(params: SamplingParams) -> None:
     """The talker's StreamSampler makes exactly `sample`'s choices, step after step, over 60 seeds of
-    random logits (wide and narrow, with ties: rounded rows) and a growing penalty set."""
+    random logits (wide and narrow, with ties: rounded rows) and a growing penalty set (small, or
+    hundreds of ids)."""
     V = 8448
     for seed in range(60):
         gen = np.random.default_rng(seed)
         ref_rng, fast_rng = np.random.default_rng(seed), np.random.default_rng(seed)
         fast = StreamSampler(params, fast_rng, V, suppress_ids=[8293])
         seen = {8292, 8293, 8296}
+        if seed % 2:  # a long reply's worth of ids: the sampler's whole-row penalty path
+            seen |= set(gen.integers(0, V, 400).tolist())
         fast.seen(sorted(seen))
         for step in range(12):
             row = (gen.standard_normal(V) * gen.choice([0.5, 3.0, 12.0])).astype(np.float32)

@@ -167,8 +167,11 @@ class StreamSampler:
         row = self.buf
         np.copyto(row, raw, casting="same_kind")
         if p.repetition_penalty != 1.0 and self.ids.size:
-            score = row[self.ids]
-            row[self.ids] = np.where(score < 0, score * self.pen, score / self.pen)
+            if self.ids.size < 256:
+                score = row[self.ids]
+                row[self.ids] = np.where(score < 0, score * self.pen, score / self.pen)
+            else:  # many ids: whole-row passes beat gathering them (the same values either way)
+                np.copyto(row, np.where(row < 0, row * self.pen, row / self.pen), where=self.mask)
         if self.suppress.size:
             row[self.suppress] = -np.inf
             if self.suppress.size == row.size:
