@@ -133,7 +133,7 @@ class StreamSampler:
         self.params, self.rng, self.n_vocab = params, rng, n_vocab
         self.buf = np.empty(n_vocab, np.float32)
         self.mask = np.zeros(n_vocab, bool)
-        self.ids = np.zeros(0, np.int64)  # sorted penalised ids
+        self.ids = np.zeros(0, np.int64)  # penalised ids, each once
         self.suppress = np.unique(np.asarray(list(suppress_ids), np.int64))
         if self.suppress.size and (self.suppress[0] < 0 or self.suppress[-1] >= n_vocab):
             raise ValueError("suppressed ids outside the vocabulary")
@@ -156,13 +156,15 @@ class StreamSampler:
             raise ValueError("penalty ids outside the vocabulary")
         new = idx[~self.mask[idx]]
         if new.size:
+            new = np.unique(new)
             self.mask[new] = True
-            self.ids = np.flatnonzero(self.mask)
+            self.ids = np.concatenate([self.ids, new])  # unsorted: the penalty is elementwise
 
     def __call__(self, logits: np.ndarray) -> int:
         p = self.params
         raw = np.asarray(logits)
-        if raw.shape != (self.n_vocab,) or not np.isfinite(raw).all():  # odd rows: the reference path
+        # odd rows (a NaN or inf makes the sum non-finite; so may an overflow): the reference path
+        if raw.shape != (self.n_vocab,) or not np.isfinite(raw.sum(dtype=np.float32)):
             return sample(raw, p, self.rng, penalty_ids=self.ids, suppress_ids=self.suppress)
         row = self.buf
         np.copyto(row, raw, casting="same_kind")
