@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from speech_metrics import mel_distance, snr_db  # noqa: E402
+from speech_metrics import mel_distance, snr_db
 
 GRID = [(12, 6), (24, 6), (24, 12), (36, 6), (36, 12), (36, 24), (48, 12), (48, 24)]
 SEEDS = range(5)
@@ -107,8 +107,8 @@ def write_report(res: dict) -> None:
         if not rows:
             continue
         lines += [f"## {preset} ({rows[0]['mode']} stream)", "",
-                  "| first chunk N / future F (codes) | first audio after (codes) | next audio after | "
-                  "first chunk SNR (dB) | first chunk mel dist | other-noise mel dist | whole SNR (dB) | whole mel dist |",
+                  ("| first chunk N / future F (codes) | first audio after (codes) | next audio after | "
+                  "first chunk SNR (dB) | first chunk mel dist | other-noise mel dist | whole SNR (dB) | whole mel dist |"),
                   "|---|---|---|---|---|---|---|---|"]
 
         def fmt(r, k, p=1):
@@ -157,8 +157,8 @@ def main() -> None:
     from test_token2wav_dit import build_tiny
 
     _, tw = build_tiny(0, 4, (2,), (0, 3))
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor())
+    with open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.processor())
     res = {"machine": cpu, "when": time.strftime("%Y-%m-%d %H:%M"), "rows": []}
     for preset, mode in (("fast", "exact"), ("reference", "chunked")):
         res["rows"] += measure(tw, preset, mode)

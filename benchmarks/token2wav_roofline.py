@@ -23,12 +23,12 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -150,20 +150,20 @@ def write_report() -> None:
     if not res:
         return
     lines = ["# token2wav FLOP efficiency per stage (full size, fast preset)", "",
-             "Written by `benchmarks/token2wav_roofline.py` (method in its docstring): one thread, CPU time, "
+             ("Written by `benchmarks/token2wav_roofline.py` (method in its docstring): one thread, CPU time, "
              "median of the runs; fraction = FLOPs counted from the shapes / (CPU s x numpy sgemm peak of the "
-             "same run). Shared 2-core machine: expect +-15% noise between runs.", "",
+             "same run). Shared 2-core machine: expect +-15% noise between runs."), "",
              "| run | codes | sgemm peak | DiT one-shot | DiT exact stream | BigVGAN | one-shot total | streamed total |",
              "|---|---|---|---|---|---|---|---|"]
     for r in res:
-        def cell(k):
+        def cell(k, r=r):
             return f"{r[k]['gflops']:.1f} GFLOP/s = {r[k]['fraction']:.2f} ({r[k]['cpu_s']:.1f} s)"
         lines.append(f"| {r['label']} ({r['when']}) | {r['codes']} | {r['sgemm_peak_gflops']:.1f} GFLOP/s | "
                      f"{cell('dit_one_shot')} | {cell('dit_exact_stream')} | {cell('bigvgan')} | "
                      f"{r['fast_one_shot_fraction']:.2f} | {r['fast_stream_fraction']:.2f} |")
     r = res[-1]
-    lines += ["", f"FLOPs counted: DiT {r['flops']['dit'] / 1e9:.0f} GFLOP, BigVGAN {r['flops']['bigvgan'] / 1e9:.0f} "
-              f"GFLOP for {r['codes']} codes ({r['audio_seconds']:.1f} s of audio)."]
+    lines += ["", (f"FLOPs counted: DiT {r['flops']['dit'] / 1e9:.0f} GFLOP, BigVGAN {r['flops']['bigvgan'] / 1e9:.0f} "
+              f"GFLOP for {r['codes']} codes ({r['audio_seconds']:.1f} s of audio).")]
     (RESULTS / "token2wav_roofline.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 

@@ -16,8 +16,8 @@ def snr_db(ours: np.ndarray, ref: np.ndarray) -> float:
 
 def _mel_filters(n_fft: int, n_mels: int = 80, fmax: float = SR / 2) -> np.ndarray:
     """Triangular filters on the HTK mel scale, (n_mels, n_fft // 2 + 1)."""
-    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
-    hz = lambda m: 700.0 * (10 ** (m / 2595.0) - 1.0)  # noqa: E731
+    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)
+    hz = lambda m: 700.0 * (10 ** (m / 2595.0) - 1.0)
     edges = hz(np.linspace(mel(0.0), mel(fmax), n_mels + 2))
     freqs = np.linspace(0, SR / 2, n_fft // 2 + 1)
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]

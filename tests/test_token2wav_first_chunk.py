@@ -93,10 +93,9 @@ def test_after_the_seam_the_stream_is_unchanged(tw, spk, n, f):
 
 def test_output_does_not_depend_on_how_codes_are_fed(tw, spk):
     codes = np.random.default_rng(7).integers(0, 8193, 130)
-    make = lambda: tw.stream(spk, "fast", seed=8, first_chunk_codes=N, first_chunk_future=F)  # noqa: E731
+    make = lambda: tw.stream(spk, "fast", seed=8, first_chunk_codes=N, first_chunk_future=F)
     whole_piece = np.concatenate(feed(make(), codes, [codes.size]))
     one_by_one = np.concatenate(feed(make(), codes, [1] * codes.size))
-    s = make()
     S = (N - F) * PER_CODE
     np.testing.assert_array_equal(whole_piece[:S], one_by_one[:S])  # the same first chunk
     assert snr_db(whole_piece[S:], one_by_one[S:]) >= EXACT_SNR_DB  # cross-fade + exact streams, any cut
