@@ -18,9 +18,15 @@ propagates through this architecture, not how a trained voice sounds.
 
 from __future__ import annotations
 
+import os
+import sys
+
+_T = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--threads"), "1")
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_v] = _T  # before numpy is imported: numpy uses the thread count llama.cpp gets
+
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -121,6 +127,19 @@ def write_report(res: dict) -> None:
                          f"{fmt(r, 'head_snr_db')} | {fmt(r, 'head_mel', 3)} | {fmt(r, 'head_mel_other_noise', 3)} | "
                          f"{fmt(r, 'whole_snr_db')} | {fmt(r, 'whole_mel', 4)} |")
         lines.append("")
+    for f in sorted(RESULTS.glob("first_chunk-turns-*.json")):
+        t = json.loads(f.read_text())
+        lines += [f"## Spoken turns: {t['label']} (fast preset, {t['threads']} threads, load {t['load']:.1f})", "",
+                  ("Turns alternate without / with the default first chunk; the first turn of the run also warmed "
+                   "up. The text is what the synthetic thinker writes (random weights)."), "",
+                  "| variant | time to first token | time to first audio | codes made by then | reply tokens / codes |",
+                  "|---|---|---|---|---|"]
+        for key, runs in t["turns"].items():
+            for i, r in enumerate(runs):
+                lines.append(f"| {key}{' (warm-up)' if key == 'no first chunk' and i == 0 else ''} | "
+                             f"{r['ttft']:.2f} s | {r['ttfa']:.2f} s | {r['codes_at_first_audio']} | "
+                             f"{r['reply_tokens']} / {r['codes']} |")
+        lines.append("")
     (RESULTS / "first_chunk.md").write_text("\n".join(lines))
     plot(res)
 
@@ -151,11 +170,56 @@ def plot(res: dict) -> None:
     fig.savefig(RESULTS / "first_chunk.png", dpi=110)
 
 
+def bench_turns(folder: Path, label: str, threads: int, tokens: int, codes: int) -> dict:
+    """One spoken turn (fast preset) with the default first chunk and one without, alternating, after a
+    warm-up turn: time to first text token, to first audio, and the codes made by then."""
+    import pocketomni as po
+
+    out: dict = {"label": label, "folder": str(folder), "threads": threads, "load": os.getloadavg()[0], "turns": {}}
+    with po.Omni.load_sync(folder, n_threads=threads) as omni:
+        for first in (0, 24, 0, 24):  # the first turn also warms up (its figures are kept, marked)
+            opts = po.SpeechOptions(max_codes=codes, seed=3, first_chunk_codes=first,
+                                    first_chunk_future=12 if first else 0)
+            chat = omni.chat(speech=True, max_tokens=tokens, speech_options=opts)
+            t0, t_audio, n_text = time.perf_counter(), None, 0
+            for ev in chat.send_sync("Tell me a long story about a lighthouse keeper."):
+                if isinstance(ev, po.TextDelta):
+                    n_text += 1
+                if isinstance(ev, po.AudioChunk) and t_audio is None:
+                    t_audio, codes_then = time.perf_counter() - t0, len(chat._last_speech.codes)
+                if isinstance(ev, po.Done):
+                    done = ev
+            key = f"first chunk {first}" if first else "no first chunk"
+            out["turns"].setdefault(key, []).append(
+                {"ttft": done.timings.time_to_first_token, "ttfa": t_audio, "codes_at_first_audio": codes_then,
+                 "reply_tokens": done.usage.reply_tokens, "codes": done.usage.audio_codes,
+                 "rtf": done.timings.real_time_factor})
+            print(f"  {label} {key}: first token {done.timings.time_to_first_token:.2f} s, first audio "
+                  f"{t_audio:.2f} s after {codes_then} codes ({done.usage.reply_tokens} tokens, "
+                  f"{done.usage.audio_codes} codes)", flush=True)
+            chat.close()
+    return out
+
+
 def main() -> None:
+    import argparse
     import platform
 
     from test_token2wav_dit import build_tiny
 
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--folder", type=Path, help="also time spoken turns on this model folder")
+    ap.add_argument("--label", default="model")
+    ap.add_argument("--threads", type=int, default=int(_T))
+    ap.add_argument("--tokens", type=int, default=40)
+    ap.add_argument("--codes", type=int, default=100)
+    a = ap.parse_args()
+    if a.folder:
+        turns = bench_turns(a.folder, a.label, a.threads, a.tokens, a.codes)
+        (RESULTS / f"first_chunk-turns-{a.label}.json").write_text(json.dumps(turns, indent=1))
+        res = json.loads((RESULTS / "first_chunk.json").read_text())
+        write_report(res)
+        return
     _, tw = build_tiny(0, 4, (2,), (0, 3))
     with open("/proc/cpuinfo") as f:
         cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.processor())
