@@ -80,15 +80,33 @@ def bench_talker(omni, threads: int, n_codes: int, n_prompt: int, repeats: int) 
     reply = rng.standard_normal((n_codes + 1, width), dtype=np.float32) * 0.5
     opts = SpeechOptions(max_codes=n_codes, seed=1)
 
+    import pocketomni.backend.context as ctx_mod
+
+    in_llama = [0.0]
+    python_ms: list[float] = []
+    real_decode = ctx_mod.L.llama_decode
+
+    def timed_decode(*args):  # CPU time inside llama.cpp, to split off the SDK's own per-code work
+        t = time.thread_time()
+        try:
+            return real_decode(*args)
+        finally:
+            in_llama[0] += time.thread_time() - t
+
     def ours() -> float:
         tk.start(prompt, pos, "Chelsie", reply[0], opts)
         for row in reply[1:]:
             tk.push_reply(row)
         tk.finish_reply()
-        t = time.perf_counter()
-        n = sum(1 for _ in tk.codes())
-        dt = time.perf_counter() - t
+        ctx_mod.L.llama_decode, in_llama[0] = timed_decode, 0.0
+        try:
+            t, c = time.perf_counter(), time.thread_time()
+            n = sum(1 for _ in tk.codes())
+            dt, cpu = time.perf_counter() - t, time.thread_time() - c
+        finally:
+            ctx_mod.L.llama_decode = real_decode
         assert n == n_codes, f"the talker stopped after {n} codes"
+        python_ms.append(1000 * (cpu - in_llama[0]) / n)  # llama.cpp runs in this thread at 1 thread only
         return n / dt
 
     llm = llama_cpp.Llama(model_path=str(omni.folder.talker), n_threads=threads, n_threads_batch=threads,
@@ -106,7 +124,8 @@ def bench_talker(omni, threads: int, n_codes: int, n_prompt: int, repeats: int) 
     raw_med, raw_runs = median_of(raw, repeats)
     llm.close()
     return {"codes": n_codes, "prompt": n_prompt, "sdk_codes_per_s": ours_med, "raw_codes_per_s": raw_med,
-            "ratio": ours_med / raw_med, "runs": {"sdk": ours_runs, "raw": raw_runs}}
+            "ratio": ours_med / raw_med, "runs": {"sdk": ours_runs, "raw": raw_runs},
+            "python_ms_per_code": statistics.median(python_ms[-repeats:]) if threads == 1 else None}
 
 
 # ---------------------------------------------------------------- 2. token2wav
@@ -222,12 +241,14 @@ def bench_chat(omni, n_tokens: int, n_codes: int, repeats: int, presets: list[st
     import pocketomni as po
 
     out = {}
-    for preset in presets:
+    for spec in presets:  # "fast" or "fast:0": the preset with first_chunk_codes=0 (no short first chunk)
+        preset, _, first = spec.partition(":")
+        extra = {"first_chunk_codes": int(first), "first_chunk_future": 0} if first else {}
         rec: list[dict] = []
 
-        def turn(preset: str = preset, rec: list = rec) -> float:
+        def turn(preset: str = preset, rec: list = rec, extra: dict = extra) -> float:
             chat = omni.chat(speech=True, speech_preset=preset, max_tokens=n_tokens,
-                             speech_options=po.SpeechOptions(max_codes=n_codes, seed=3))
+                             speech_options=po.SpeechOptions(max_codes=n_codes, seed=3, **extra))
             done = next(e for e in chat.send_sync(PROMPT) if isinstance(e, po.Done))
             sp, t = chat._last_speech, done.timings
             decode = t.total_seconds - t.time_to_first_token - sp.talker_seconds - sp.render_seconds
@@ -241,8 +262,9 @@ def bench_chat(omni, n_tokens: int, n_codes: int, repeats: int, presets: list[st
         median_of(turn, repeats)
         runs = rec[-repeats:]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        out[preset] = {**med, "stream_mode": "exact" if preset == "fast" else "chunked", "runs": runs}
-        print(f"  chat {preset}: first audio {med['ttfa']:.2f} s, RTF {med['rtf']:.2f} "
+        key = preset if not first else f"{preset}, first chunk {first} codes"
+        out[key] = {**med, "stream_mode": "exact" if preset == "fast" else "chunked", "runs": runs}
+        print(f"  chat {key}: first audio {med['ttfa']:.2f} s, RTF {med['rtf']:.2f} "
               f"(talker {med['talker_s']:.1f} s, token2wav {med['token2wav_s']:.1f} s, thinker "
               f"{med['thinker_decode_s']:.1f} s for {med['audio_s']:.1f} s audio)", flush=True)
     return out
@@ -271,6 +293,9 @@ def write_report() -> None:
                       "|---|---|---|",
                       f"| SDK (embeddings in, reference sampling) | {tk['sdk_codes_per_s']:.1f} | {tk['ratio']:.2f}x |",
                       f"| raw llama-cpp-python `eval`, greedy | {tk['raw_codes_per_s']:.1f} | 1 |", ""]
+            if tk.get("python_ms_per_code") is not None:
+                lines += [(f"SDK work per code outside llama.cpp (CPU time of the decoding thread minus its time in "
+                           f"`llama_decode`, median): {tk['python_ms_per_code']:.3f} ms."), ""]
         t2w = r.get("token2wav", {})
         if any(p in t2w for p in ("fast", "reference")):
             lines += [("| token2wav preset (codes, audio) | numpy one-shot RTF | numpy streamed RTF | PyTorch RTF | "
@@ -369,6 +394,7 @@ def main() -> None:
     ap.add_argument("--chat-tokens", type=int, default=40)
     ap.add_argument("--chat-codes", type=int, default=150)
     ap.add_argument("--presets", default="fast,reference")
+    ap.add_argument("--chat-extra", default="fast:0", help="more spoken-turn variants, e.g. fast:0 (no first chunk)")
     ap.add_argument("--parts", default="talker,token2wav,chat", help="sections to run (results merge by label)")
     ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up run (for very slow cases)")
     ap.add_argument("--report", action="store_true", help="only rebuild speech.md / speech.png")
@@ -406,9 +432,9 @@ def main() -> None:
                 t2w[p].update(codes=t2w["codes"], audio_seconds=t2w["audio_seconds"], **tag)
             out.setdefault("token2wav", {}).update({p: t2w[p] for p in presets})
         if "chat" in parts:
-            chat = bench_chat(omni, a.chat_tokens, a.chat_codes, a.repeats, presets)
-            for p in presets:
-                chat[p].update(tag)
+            chat = bench_chat(omni, a.chat_tokens, a.chat_codes, a.repeats, presets + [x for x in a.chat_extra.split(",") if x])
+            for c in chat.values():
+                c.update(tag)
             out.setdefault("chat", {}).update(chat)
     meta["load_after"] = os.getloadavg()[0]
     path.write_text(json.dumps(out, indent=1))

@@ -79,6 +79,27 @@ def test_mrope_text_positions_equal_token_decode(model: LlamaModel) -> None:
         assert c.next_pos() == 27
 
 
+def test_decode_row_equals_a_one_row_decode(model: LlamaModel) -> None:
+    """decode_row (the talker's per-code path) gives decode's logits and bookkeeping, row after row,
+    and rejects what decode rejects."""
+    ids = _prompt(12, seed=3)
+    e = model.embed_tokens(ids)
+    with _ctx(model) as a, _ctx(model) as b:
+        a.decode_embeddings(e[:4], positions=np.tile(np.arange(4), (4, 1)) * [[1], [1], [1], [0]])
+        b.decode_embeddings(e[:4], positions=np.tile(np.arange(4), (4, 1)) * [[1], [1], [1], [0]])
+        for i in range(4, 12):
+            ref = a.decode_embeddings(e[i : i + 1], positions=[[i], [i], [i], [0]], logits="last").last_logits
+            got = b.decode_row(e[i], (i, i, i, 0))
+            np.testing.assert_array_equal(got, ref)
+        assert a.next_pos() == b.next_pos() == 12 and a.n_tokens() == b.n_tokens() == 12
+        with pytest.raises(ValueError, match="must not start before"):
+            b.decode_row(e[0], (3, 3, 3, 0))
+        with pytest.raises(ValueError, match="finite"):
+            b.decode_row(np.full(model.n_embd_inp, np.nan, np.float32), (12, 12, 12, 0))
+        with pytest.raises(ValueError, match="position"):
+            b.decode_row(e[0], (12, 12, 12))
+
+
 def _hf_reference(spec: TinySpec):
     """transformers' Qwen2.5-Omni thinker text model carrying the tiny GGUF's weights."""
     import torch

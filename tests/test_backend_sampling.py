@@ -7,6 +7,7 @@ import pytest
 
 from pocketomni.backend.sampling import (
     SamplingParams,
+    StreamSampler,
     apply_repetition_penalty,
     sample,
     top_k_filter,
@@ -107,3 +108,51 @@ def test_matches_transformers_processors() -> None:
         params = SamplingParams(temperature=0.9, top_k=40, top_p=0.8, repetition_penalty=1.05)
         tok = sample(logits, params, np.random.default_rng(trial), penalty_ids=seen, suppress_ids=[8293])
         assert hf_probs[tok] > 0
+
+
+STREAM_PARAMS = [
+    SamplingParams(temperature=0.9, top_k=40, top_p=0.8, repetition_penalty=1.05),  # the talker's defaults
+    SamplingParams(temperature=1.0, top_k=0, top_p=0.9, repetition_penalty=1.3),
+    SamplingParams(temperature=0.7, top_k=5, top_p=1.0, repetition_penalty=1.0),
+    SamplingParams(temperature=1.3, top_k=8447, top_p=0.5, repetition_penalty=0.8),
+    SamplingParams(temperature=0.5, top_k=1, top_p=0.95),
+    SamplingParams(temperature=0.0, repetition_penalty=1.05),
+]
+
+
+@pytest.mark.parametrize("params", STREAM_PARAMS, ids=lambda p: f"t{p.temperature}-k{p.top_k}-p{p.top_p}")
+def test_stream_sampler_equals_sample(params: SamplingParams) -> None:
+    """The talker's StreamSampler makes exactly `sample`'s choices, step after step, over 60 seeds of
+    random logits (wide and narrow, with ties: rounded rows) and a growing penalty set (small, or
+    hundreds of ids)."""
+    V = 8448
+    for seed in range(60):
+        gen = np.random.default_rng(seed)
+        ref_rng, fast_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+        fast = StreamSampler(params, fast_rng, V, suppress_ids=[8293])
+        seen = {8292, 8293, 8296}
+        if seed % 2:  # a long reply's worth of ids: the sampler's whole-row penalty path
+            seen |= set(gen.integers(0, V, 400).tolist())
+        fast.seen(sorted(seen))
+        for step in range(12):
+            row = (gen.standard_normal(V) * gen.choice([0.5, 3.0, 12.0])).astype(np.float32)
+            if step % 3 == 2:
+                row = np.round(row * 2) / 2  # many exact ties, also at the top-k edge
+            want = sample(row, params, ref_rng, penalty_ids=sorted(seen), suppress_ids=[8293])
+            got = fast(row)
+            assert got == want, (seed, step)
+            seen.add(got)
+            fast.seen([got])
+    assert ref_rng.random() == fast_rng.random()  # the two generators drew the same numbers
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # sample's own arithmetic on an inf row
+def test_stream_sampler_odd_rows_take_the_reference_path() -> None:
+    params = SamplingParams(temperature=0.9, top_k=3, top_p=0.8)
+    row = np.array([1.0, np.inf, 0.5, -np.inf, 2.0], np.float32)  # non-finite logits
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    assert StreamSampler(params, a, 5)(row) == sample(row, params, b)
+    with pytest.raises(ValueError, match="every token"):
+        StreamSampler(params, a, 3, suppress_ids=[0, 1, 2])(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="penalty ids"):
+        StreamSampler(params, a, 3).seen([3])

@@ -12,6 +12,7 @@ import pytest
 
 import pocketomni as po
 from pocketomni.engine.speech import FEED_CODES, SPEECH_SYSTEM_PROMPT
+from pocketomni.token2wav.first_chunk import CROSSFADE_SAMPLES
 
 SEED = 77
 
@@ -40,10 +41,11 @@ def audio(events) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
-# The tiny DiT looks one block (12 codes) ahead per solver evaluation. First audio, in codes:
-# fast/exact: 4 evaluations x 12 + the vocoder's 18-code lag, at the next 36-code step = 72;
-# reference/chunked: one 36-code chunk + 12 codes of future context = 49. The talker makes one code
-# per decoded reply token while the text lasts, so the reply must be longer than that.
+# The tiny DiT looks one block (12 codes) ahead per solver evaluation. First audio, in codes: the
+# default short first chunk, 24 (SpeechOptions.first_chunk_codes). Without it: fast/exact: 4
+# evaluations x 12 + the vocoder's 18-code lag, at the next 36-code step = 72; reference/chunked: one
+# 36-code chunk + 12 codes of future context = 49. The talker makes one code per decoded reply token
+# while the text lasts, so the reply must be longer than that.
 @pytest.mark.parametrize(("preset", "mode", "reply"), [("fast", "exact", 90), ("reference", "chunked", 60)])
 def test_audio_arrives_while_text_streams(omni, preset, mode, reply):
     chat = omni.chat(speech=True, speech_preset=preset, speech_options=greedy(reply + 30), max_tokens=reply)
@@ -65,13 +67,20 @@ def test_audio_arrives_while_text_streams(omni, preset, mode, reply):
     assert 0.01 < float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) < 1.0  # sound, not silence or clipping
 
     # The interleaved, streamed waveform equals rendering all codes at once with the same noise: in
-    # exact mode one-shot rendering itself; in chunked mode the same chunking fed in one piece.
+    # exact mode one-shot rendering itself from the first chunk's seam on (before it, the independently
+    # rendered first chunk: test_token2wav_first_chunk.py); in chunked mode the same chunking, first
+    # chunk included, fed in one piece.
     eng = omni.runtime.speech_engine()
     spk = eng.speaker("Chelsie")
+    opts = chat.speech_settings.options
+    s = eng.token2wav.stream(spk, preset, mode=mode, seed=SEED, first_chunk_codes=opts.first_chunk_codes,
+                             first_chunk_future=opts.first_chunk_future)
     if mode == "exact":
+        seam = s.seam
+        assert seam == (opts.first_chunk_codes - opts.first_chunk_future) * 480 + CROSSFADE_SAMPLES > 0
         whole = eng.token2wav.render(np.array(codes), spk, preset, seed=SEED)
+        wav, whole = wav[seam:], whole[seam:]
     else:
-        s = eng.token2wav.stream(spk, preset, mode="chunked", seed=SEED)
         whole = np.concatenate([s.feed(np.array(codes)), s.finish()])
     snr = snr_db(wav, whole)
     print(f"\n[{preset}/{mode}] first audio after event {k.index('A')} of {len(k)}; streamed vs one-shot {snr:.1f} dB")
@@ -149,7 +158,8 @@ def test_cancel_during_speech_stops_within_a_step(omni):
     assert isinstance(done, po.Done) and done.finish_reason == "cancelled"
     # The producer stops at its next code once the flag is set. Before the consumer saw the first
     # chunk, the producer may have run ahead by at most the stream's 8 queued events (36-code steps):
-    # first audio at 72 codes + 8 x 36 + one feed, far below the 1000 codes the talker would make.
+    # first audio by 72 codes (24 with the default first chunk) + 8 x 36 + one feed, far below the
+    # 1000 codes the talker would make.
     assert done.usage.audio_codes <= 72 + 8 * 36 + FEED_CODES
     assert audio(events).size // 480 <= done.usage.audio_codes
     reply = chat.messages[-1]

@@ -152,3 +152,28 @@ def test_chunked_mode_with_full_receptive_field_is_exact(tiny_ahead):
     s = ChunkedDiTStream(tw.dit, spk, tw.plan("fast"), NoiseSource(80, seed=34), chunk=36, past=96, future=48)
     parts = [s.feed(codes[i : i + 9]) for i in range(0, 181, 9)] + [s.finish()]
     assert rel(np.concatenate(parts), whole) < 1e-5
+
+
+@pytest.mark.parametrize("preset", ["fast", "reference"])
+def test_exact_stream_computes_every_layer_row_once(tiny_ahead, preset):
+    """The exact stream evaluates each DiT layer on every frame exactly once per solver evaluation,
+    as one-shot rendering does (no recomputed context), whatever the step and feeding pattern."""
+    _, tw = tiny_ahead
+    spk = tw.speaker(*speaker_inputs(40))
+    codes = np.random.default_rng(41).integers(0, 8193, 143)
+    rows = {}
+    real = tw.dit.layer_rows
+
+    def counting(li, t, h, a0, a1, pos0):
+        rows[li] = rows.get(li, 0) + (a1 - a0)
+        return real(li, t, h, a0, a1, pos0)
+
+    tw.dit.layer_rows = counting
+    try:
+        s = DiTStream(tw.dit, spk, tw.plan(preset), NoiseSource(80, seed=42), step_frames=24)
+        parts = [s.feed(codes[i : i + 5]) for i in range(0, 143, 5)] + [s.finish()]
+    finally:
+        del tw.dit.layer_rows
+    assert np.concatenate(parts).shape == (2 * 143, 80)
+    evaluations = tw.plan(preset).evaluations
+    assert rows == {li: 2 * 143 * evaluations for li in range(len(tw.dit.layers))}

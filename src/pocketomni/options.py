@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from typing_extensions import Self
 
 from pocketomni.errors import OptionsError
+from pocketomni.token2wav.first_chunk import check_first_chunk
 
 T = TypeVar("T", bound="_Options")
 
@@ -115,6 +116,11 @@ class SpeechOptions(_Options):
     temperature, top_k, top_p, repetition_penalty: the talker's sampling (temperature 0 = greedy).
     max_codes: most speech codes per reply (50 codes = 1 second of speech).
     seed: random seed for sampling and the vocoder's noise; None picks one per turn.
+    first_chunk_codes, first_chunk_future: the first sound is rendered on its own once this many codes
+      exist, of which the last `first_chunk_future` serve as the DiT's future context only; after the
+      seam the audio is the stream's own (pocketomni.token2wav.first_chunk; 0 codes: no first chunk,
+      the first sound after 72 codes with the fast preset, 49 with reference). Default 24 / 12, chosen
+      from benchmarks/results/first_chunk.md.
     """
 
     temperature: float = 0.9
@@ -123,8 +129,11 @@ class SpeechOptions(_Options):
     repetition_penalty: float = 1.05
     max_codes: int = 4096
     seed: int | None = None
+    first_chunk_codes: int = 24
+    first_chunk_future: int = 12
 
     def __post_init__(self) -> None:
+        check_first_chunk(self.first_chunk_codes, self.first_chunk_future)
         _check_range("temperature", self.temperature, 0.0, 10.0, "use 0 for greedy decoding")
         _check_range("top_p", self.top_p, 0.0, 1.0)
         _check_range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)

@@ -22,6 +22,7 @@ import numpy as np
 
 from pocketomni.backend import _log
 from pocketomni.backend.batch import (
+    MAX_POS,
     BatchBuffers,
     DecodeInterrupted,
     DecodeResult,
@@ -121,6 +122,7 @@ class LlamaContext:
         self.kv_type = "f32" if kv_f32 else "f16"
         self._logs = [SeqLog() for _ in range(self.n_seq_max)]
         self._buf = BatchBuffers(self.n_batch, model.n_pos_per_embd)
+        self._one = np.ones(1, dtype=bool)  # output flags of a one-row batch
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -260,6 +262,38 @@ class LlamaContext:
                 if progress is not None:
                     progress(i1, n)
         return DecodeResult(lrows, out_l, hrows, out_h)
+
+    def decode_row(self, embedding: np.ndarray, position: Sequence[int] | np.ndarray, seq_id: int = 0) -> np.ndarray:
+        """`decode(embeddings=embedding[None], positions=position as a column, logits="last")` with less
+        per-call work, for generation one embedding row at a time (the talker's codes). `position`
+        holds the row's n_pos_per_embd values (t, h, w, 0 for M-RoPE). Returns the row's logits
+        (a new float32 array)."""
+        model = self.model
+        emb = np.ascontiguousarray(embedding, dtype=np.float32).reshape(1, -1)
+        if emb.shape[1] != model.n_embd_inp or not np.isfinite(emb).all():
+            raise ValueError(f"embedding must be {model.n_embd_inp} finite values")
+        pos = np.asarray(position, dtype=np.int64).reshape(-1, 1)
+        if pos.shape[0] != model.n_pos_per_embd or pos.min() < 0 or pos.max() >= MAX_POS:
+            raise ValueError(f"position must be {model.n_pos_per_embd} values in [0, {MAX_POS})")
+        seq = self._check_seq(seq_id)
+        out = np.empty(model.n_vocab, dtype=np.float32)
+        with self.lock:
+            ctx = self.ptr
+            if self._embd_mode:
+                L.llama_set_embeddings(ctx, False)
+                self._embd_mode = False
+            t_first = int(pos[0, 0])
+            x = int(L.llama_memory_seq_pos_max(self._mem, seq))
+            self._check_continuation(t_first, x, False)
+            batch = self._buf.fill(seq, None, emb, pos.astype(np.int32), self._one)
+            mark = _log.mark()
+            rc = int(L.llama_decode(ctx, batch))
+            if rc != 0:
+                self._rollback(seq, max(t_first, x + 1))
+                self._raise_decode(rc, 1, seq, mark)
+            self._logs[seq].append(pos[0], pos.max(axis=0))
+            self._copy(L.llama_get_logits_ith(ctx, 0), out.ctypes.data, out.nbytes, "logits")
+        return out
 
     def decode_tokens(self, tokens: Sequence[int] | np.ndarray, positions: Any = None, **kw: Any) -> DecodeResult:
         """Shorthand for `decode(tokens=...)`."""

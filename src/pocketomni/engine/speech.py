@@ -222,7 +222,10 @@ class SpeechReply:
         if not self._started:
             s = self.settings
             spk = self.engine.speaker(s.voice)
-            self._stream = self.engine.token2wav.stream(spk, s.preset, mode=s.streaming, seed=self.seed)
+            o = self.options
+            self._stream = self.engine.token2wav.stream(spk, s.preset, mode=s.streaming, seed=self.seed,
+                                                        first_chunk_codes=o.first_chunk_codes,
+                                                        first_chunk_future=o.first_chunk_future)
             talker.start(self._eh(0, self.prompt_n), self.session.history.positions[:, : self.prompt_n],
                          s.voice, row, self.options)
             self._started = True

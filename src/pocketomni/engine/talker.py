@@ -28,7 +28,7 @@ import numpy as np
 
 from pocketomni.backend.context import LlamaContext
 from pocketomni.backend.llama import LlamaModel
-from pocketomni.backend.sampling import SamplingParams, sample
+from pocketomni.backend.sampling import SamplingParams, StreamSampler
 from pocketomni.engine.ordered_decode import decode_in_order, needs_ordered_decode
 from pocketomni.engine.weights import Token2WavWeights, load_token2wav
 from pocketomni.errors import ContextOverflowError, ModelFileError, OptionsError, PocketOmniError
@@ -169,17 +169,17 @@ class Talker:
             result = self.ctx.decode(embeddings=x, positions=rows, logits="last")
         self.last_logits = result.last_logits.copy()
         self._next_pos = top + 2
-        # ids the reference's generate has seen: codec_mask per prompt token, then codec_pad, codec_bos
-        self._seen = np.zeros(self.model.n_vocab, dtype=bool)
-        self._seen[[self.ids.codec_pad, self.ids.codec_bos] + ([self.ids.codec_mask] if n else [])] = True
-        self._params = SamplingParams(
+        params = SamplingParams(
             temperature=opts.temperature,
             top_k=opts.top_k,
             top_p=opts.top_p,
             repetition_penalty=opts.repetition_penalty,
             greedy=opts.temperature == 0,
         )
-        self._rng = np.random.default_rng(opts.seed)
+        self._sampler = StreamSampler(params, np.random.default_rng(opts.seed), self.model.n_vocab,
+                                      suppress_ids=[self.ids.codec_bos])
+        # ids the reference's generate has seen: codec_mask per prompt token, then codec_pad, codec_bos
+        self._sampler.seen([self.ids.codec_pad, self.ids.codec_bos] + ([self.ids.codec_mask] if n else []))
         self._max_codes = min(opts.max_codes, self.ctx.n_ctx - (n + 2) + 1)  # code k needs n + 2 + k cells
         self.n_steps = 0  # sampling steps (codes plus the final end code)
         self._reply: list[np.ndarray] = []  # projected W @ R[k]
@@ -249,21 +249,14 @@ class Talker:
                 raise PocketOmniError(
                     "the talker needs the next reply token: push_reply() or finish_reply() first"
                 )
-            x = (self._codec_rows([self._pending])[0] + row)[None]
+            x = self._codec_rows([self._pending])[0] + row
             p = self._next_pos
-            res = self.ctx.decode(embeddings=x, positions=np.array([[p], [p], [p], [0]]), logits="last")
-            self.last_logits = res.last_logits.copy()
+            self.last_logits = self.ctx.decode_row(x, (p, p, p, 0))
             self._next_pos += 1
             self._pending = None
-        code = sample(
-            self.last_logits,
-            self._params,
-            self._rng,
-            penalty_ids=np.flatnonzero(self._seen),
-            suppress_ids=[self.ids.codec_bos],
-        )
+        code = self._sampler(self.last_logits)
         self.n_steps += 1
-        self._seen[code] = True
+        self._sampler.seen([code])
         if code in self._stops:
             self._done = True
             return None

@@ -117,8 +117,11 @@ class Token2Wav:
         chunk: int = 36,
         past: int = 24,
         future: int = 12,
+        first_chunk_codes: int = 0,
+        first_chunk_future: int = 0,
     ) -> SpeechStream:
-        """Incremental renderer; see `streaming` for the `exact` and `chunked` modes."""
+        """Incremental renderer; see `streaming` for the `exact` and `chunked` modes and `first_chunk`
+        for the optional short first chunk (0 codes: none, the stream alone)."""
         return SpeechStream(
             self.dit,
             self.vocoder,
@@ -129,4 +132,6 @@ class Token2Wav:
             chunk,
             past,
             future,
+            first_chunk_codes,
+            first_chunk_future,
         )

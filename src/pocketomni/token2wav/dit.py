@@ -168,21 +168,40 @@ class DiT:
             ranges.append((lo, hi))
             lo, hi = max(0, lo - B * layer.back), min(T, hi + B * layer.ahead)
         ranges.reverse()
-        mods, final = self._time(t)
-        xw = x[lo:hi].astype(F32) @ self.w_x.T
-        feat = code_feat[lo:hi]
-        cfg_on = guidance >= 1e-5
-        h = np.stack([xw + feat + spk.cond, xw + spk.uncond]) if cfg_on else (xw + feat + spk.cond)[None]
+        mods, _ = self._time(t)
+        h = self.embed_input(x[lo:hi], code_feat[lo:hi], spk, guidance)
         cos, sin = self._rope(pos0 + lo, hi - lo)  # rows of h are frames lo..hi
         for li, layer in enumerate(self.layers):
             r0, r1 = ranges[li]
             h = self._layer(layer, mods[li], h, r0 - lo, r1 - lo, cos, sin)
             cos, sin, lo = cos[r0 - lo : r1 - lo], sin[r0 - lo : r1 - lo], r0
-        scale, shift = final
+        return self.head(h, t, guidance)
+
+    def embed_input(self, x: np.ndarray, code_feat: np.ndarray, spk: SpeakerCond, guidance: float) -> np.ndarray:
+        """The first layer's input (batch, T, hidden) for noisy mel rows x and their code features;
+        batch 2 (conditional, unconditional) with guidance >= 1e-5, else 1."""
+        xw = x.astype(F32) @ self.w_x.T
+        if guidance >= 1e-5:
+            return np.stack([xw + code_feat + spk.cond, xw + spk.uncond])
+        return (xw + code_feat + spk.cond)[None]
+
+    def head(self, h: np.ndarray, t: float, guidance: float) -> np.ndarray:
+        """Velocity rows (T, mel_dim) from the last layer's output (batch, T, hidden), guidance mixed in."""
+        scale, shift = self._time(t)[1]
         out = linear(layer_norm(h) * (F32(1) + scale) + shift, self.proj_out_w, self.proj_out_b)
-        if cfg_on:
+        if guidance >= 1e-5:
             return out[0] + (out[0] - out[1]) * F32(guidance)
         return out[0]
+
+    def layer_rows(
+        self, li: int, t: float, h: np.ndarray, a0: int, a1: int, pos0: int
+    ) -> np.ndarray:
+        """Layer `li` at time t for query rows a0..a1 of h (batch, n, hidden), every row of h a key;
+        h's first row is frame pos0 (pos0 and a0 on block boundaries)."""
+        if pos0 % self.cfg.block_size or a0 % self.cfg.block_size:
+            raise OptionsError("DiT windows and kept ranges must start on a block boundary.")
+        cos, sin = self._rope(pos0, h.shape[1])
+        return self._layer(self.layers[li], self._time(t)[0][li], h, a0, a1, cos, sin)
 
     def _rope(self, pos0: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         freqs = np.arange(pos0, pos0 + n, dtype=F32)[:, None] * self.inv_freq[None, :]

@@ -2,12 +2,15 @@
 
 Two DiT schedules share the flattened solver (`solver.SolverPlan`) and the streaming vocoder:
 
-* `exact` (wavefront): every solver evaluation k_i is computed block by block as soon as its input
-  y_i = x0 + sum_j A_ij k_j exists on the evaluation's receptive field (blocks_back before, blocks_ahead
-  after), and each DiT layer computes only the frames later layers need. The result equals the one-shot
-  mel up to float rounding. Cost with the real layer layout: 1.42x the one-shot DiT work for 36-code
-  steps (1.20x for 72). Latency: each evaluation needs blocks_ahead more blocks of codes (fast preset:
-  4 blocks = 48 codes; reference preset: 36 blocks = 432 codes, i.e. hardly streaming).
+* `exact` (wavefront): every solver evaluation k_i is computed as soon as its input
+  y_i = x0 + sum_j A_ij k_j exists, layer by layer (`layer_front.LayerFront`): each layer outputs the
+  frames whose look-ahead block exists and keeps only the blocks later steps read, so every layer row
+  is computed once, as in one-shot rendering (the previous windowed schedule recomputed context: 1.42x
+  the one-shot DiT work at 36-code steps). The result equals the one-shot mel up to float rounding;
+  steps still cost more time than one long pass because their matrix products have fewer rows
+  (benchmarks/results/token2wav_roofline.md). Latency: each evaluation needs blocks_ahead more blocks
+  of codes (fast preset: 4 blocks = 48 codes; reference preset: 36 blocks = 432 codes, i.e. hardly
+  streaming).
 * `chunked`: the reference's streaming scheme (Qwen2.5-Omni token2wav `fast_forward`): chunks of 36 codes,
   each solved independently from the same per-utterance noise with 24 codes of past and 12 of future
   context, keeping the chunk's own frames. Lower latency (first chunk after 49 codes) and 1.94x the DiT
@@ -15,7 +18,8 @@ Two DiT schedules share the flattened solver (`solver.SolverPlan`) and the strea
   several evaluations accumulate (exact once past/future cover evaluations x blocks_back/blocks_ahead).
 
 Either way the vocoder is exact streaming (see bigvgan.py; it lags 36 mel frames), so all seams come
-from the DiT schedule.
+from the DiT schedule. Either schedule can take a short first chunk in front (`first_chunk.py`: the
+first N codes rendered alone, sound after N codes; the stream's own audio from its seam on).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import numpy as np
 from pocketomni.errors import OptionsError
 from pocketomni.token2wav.bigvgan import BigVGAN
 from pocketomni.token2wav.dit import DiT, SpeakerCond
+from pocketomni.token2wav.first_chunk import CROSSFADE_SAMPLES, FirstChunk
+from pocketomni.token2wav.layer_front import LayerFront
 from pocketomni.token2wav.solver import SolverPlan
 
 F32 = np.float32
@@ -73,11 +79,12 @@ class DiTStream:
             raise OptionsError("a DiT stream must start on a block boundary")
         self.frame0 = frame0
         self.step = max(step_frames, 1)
-        self.back, self.ahead = dit.blocks_back * self.B, dit.blocks_ahead * self.B
         E = plan.evaluations
         self.deps = [plan.deps(i) for i in range(E)]
         self.out_deps = [j for j in range(E) if plan.b[j] != 0.0]
         self.feat = np.zeros((0, cfg.hidden_size), F32)
+        self.fronts = [LayerFront(dit, spk, float(plan.times[i]), plan.guidance, frame0) for i in range(E)]
+        self.pushed = [0] * E  # frames of evaluation i's input handed to its front
         self.done = [0] * E  # frames of k_i computed (relative to frame0)
         self.mel_done = 0
         self.base = 0  # first frame held in self.K
@@ -119,7 +126,7 @@ class DiTStream:
 
     def _reserve(self, f1: int) -> None:
         """Make self.K hold frames up to f1, dropping frames no evaluation needs any more."""
-        keep = max(self.base, min(min(self.done) - self.back, self.mel_done))
+        keep = max(self.base, min(min(self.pushed), self.mel_done))
         if keep > self.base:
             self.K = self.K[:, keep - self.base :]
             self.base = keep
@@ -140,20 +147,16 @@ class DiTStream:
         plan = self.plan
         for i in range(plan.evaluations):
             avail = min([front] + [self.done[j] for j in self.deps[i]])
-            target = avail if final else avail - self.ahead
-            if target <= self.done[i]:
-                continue
-            w0, w1 = max(0, self.done[i] - self.back), avail
-            self._reserve(target)
-            y = self._stage_input(i, w0, w1)
-            d = self.done[i]
-            feat = self._frame_feat(w0, w1)
-            t = float(plan.times[i])
-            v = self.dit.velocity(
-                y, feat, t, self.spk, plan.guidance, self.frame0 + w0, keep=(d - w0, target - w0)
-            )
-            self.K[i, d - self.base : target - self.base] = v
-            self.done[i] = target
+            p = self.pushed[i]
+            if avail > p:  # evaluation i's input on the new frames: the noise plus earlier evaluations' k
+                self.fronts[i].push(self._stage_input(i, p, avail), self._frame_feat(p, avail))
+                self.pushed[i] = avail
+            v = self.fronts[i].advance(final=final and avail == self.frames)
+            if v.shape[0]:
+                d = self.done[i]
+                self._reserve(d + v.shape[0])
+                self.K[i, d - self.base : d + v.shape[0] - self.base] = v
+                self.done[i] = d + v.shape[0]
         end = min(self.done[j] for j in self.out_deps)
         m0 = self.mel_done
         mel = self.noise.get(self.frame0 + m0, self.frame0 + end).copy()
@@ -234,6 +237,9 @@ class SpeechStream:
 
     The concatenation of everything returned equals `Token2Wav.render` of all codes (same preset and
     noise) up to float rounding in `exact` mode; in `chunked` mode it follows the reference's streaming.
+    `first_chunk_codes` N > 0 (with `first_chunk_future` F < N) puts an independently rendered first
+    chunk in front (first_chunk.py): audio after N codes, then from sample (N - F) * samples-per-code +
+    `first_chunk_crossfade` on the same audio as without it.
     """
 
     def __init__(
@@ -247,6 +253,9 @@ class SpeechStream:
         chunk: int = 36,
         past: int = 24,
         future: int = 12,
+        first_chunk_codes: int = 0,
+        first_chunk_future: int = 0,
+        first_chunk_crossfade: int = CROSSFADE_SAMPLES,
     ):
         if mode == "exact":
             step = chunk * dit.cfg.repeats
@@ -256,13 +265,29 @@ class SpeechStream:
         else:
             raise OptionsError(f"unknown streaming mode {mode!r}; use 'exact' or 'chunked'.")
         self.voc = vocoder.new_stream()
+        self.first = FirstChunk(
+            lambda c: solve_mel(dit, spk, plan, c, noise),
+            vocoder,
+            dit.cfg.repeats,
+            first_chunk_codes,
+            first_chunk_future,
+            first_chunk_crossfade,
+        )
         self.mode = mode
         self.finished = False
 
+    @property
+    def seam(self) -> int:
+        """First sample from which the output is the main stream's alone (0 without a first chunk)."""
+        return self.first.seam + self.first.crossfade if self.first.n else 0
+
     def feed(self, codes: np.ndarray) -> np.ndarray:
         """Add codes; return the new audio samples (possibly none)."""
+        if self.finished:
+            raise OptionsError("feed() after finish(); start a new stream.")
         mel = self.dit_stream.feed(codes)
-        return self.voc.push(np.ascontiguousarray(mel.T), final=False).reshape(-1)
+        main = self.voc.push(np.ascontiguousarray(mel.T), final=False).reshape(-1)
+        return self.first.feed(codes, main)
 
     def finish(self) -> np.ndarray:
         """Flush: the remaining audio samples (empty when called again)."""
@@ -270,4 +295,4 @@ class SpeechStream:
             return np.zeros(0, F32)
         self.finished = True
         mel = self.dit_stream.finish()
-        return self.voc.push(np.ascontiguousarray(mel.T), final=True).reshape(-1)
+        return self.first.finish(self.voc.push(np.ascontiguousarray(mel.T), final=True).reshape(-1))
