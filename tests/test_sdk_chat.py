@@ -414,3 +414,39 @@ def test_progress_follows_media_encoding_and_prefill(omni) -> None:
 
         got = asyncio.run(run_async())
         assert got and got[-1].stage == "prefill" and got[-1].done == got[-1].total
+
+
+def test_logits_processors_shape_the_reply(omni) -> None:
+    """A processor that bans the greedy reply's first token changes the reply; one that only observes
+    leaves it as it was and sees the whole conversation's ids; a bad one is a typed error."""
+    with omni.chat(max_tokens=6, temperature=0.0) as chat:
+        base = chat.fork()
+        plain = _run(base, "Hello")
+        banned = plain.tokens[0]
+
+        def ban(ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+            logits = logits.copy()
+            logits[banned] = -np.inf
+            return logits
+
+        seen: list[int] = []
+
+        def observe(ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+            seen.append(len(ids))
+            return logits
+
+        other = chat.fork()
+        got = _run(other, "Hello", logits_processors=[observe, ban])
+        assert got.tokens[0] != banned and banned not in got.tokens
+        # one call per reply token, each seeing the conversation so far (prompt + reply tokens decoded)
+        assert len(seen) == len(got.tokens) and seen == list(range(seen[0], seen[0] + len(seen)))
+        assert seen[0] == len(other.tokens) - len(got.tokens) + 1  # the last reply token is not decoded yet
+        seen.clear()
+        watched = chat.fork()
+        assert _run(watched, "Hello", logits_processors=[observe]).tokens == plain.tokens
+        with pytest.raises(po.OptionsError, match="logits_processors"):
+            chat.send_sync("x", logits_processors=ban)
+        with pytest.raises(po.OptionsError, match="must return an array"):
+            _run(chat.fork(), "x", logits_processors=[lambda ids, logits: None])
+        for c in (base, other, watched):
+            c.close()

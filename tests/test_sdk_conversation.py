@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from omni_fixtures.tokenizer import CHAT_TEMPLATE
 
-from pocketomni.chat.chat import StopScanner
 from pocketomni.chat.conversation import (
     AUDIO_PLACEHOLDER,
     IMAGE_PLACEHOLDER,
@@ -20,6 +19,7 @@ from pocketomni.chat.conversation import (
     split_rendered,
     user_message,
 )
+from pocketomni.chat.decoding import StopScanner
 from pocketomni.errors import MediaError, ModelFileError, OptionsError
 
 

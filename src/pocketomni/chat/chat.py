@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pocketomni.backend.batch import DecodeInterrupted
-from pocketomni.backend.sampling import SamplingParams, sample
+from pocketomni.backend.sampling import SamplingParams
 from pocketomni.chat.async_bridge import CancelFlag, ThreadStream
 from pocketomni.chat.conversation import (
     Message,
@@ -38,6 +38,7 @@ from pocketomni.chat.conversation import (
     render_turn,
     user_message,
 )
+from pocketomni.chat.decoding import LogitsProcessor, ReplyText, TokenChooser, check_logits_processors
 from pocketomni.chat.store import SavedChat, read_chat_file, write_chat_file
 from pocketomni.closing import Closable
 from pocketomni.engine.positions import KIND_TEXT, Segment, TextSegment, build_prompt
@@ -57,35 +58,12 @@ __all__ = ["Chat"]
 BUSY_WAIT_SECONDS = 60.0
 
 
-class StopScanner:
-    """Finds stop strings in streamed text; holds back text that may be the start of one."""
+@dataclasses.dataclass(frozen=True)
+class TurnHooks:
+    """The caller's per-turn callables: progress reports and logits processors."""
 
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = tuple(stops)
-        self.buf = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Returns (text safe to emit, whether a stop string was found)."""
-        if not self.stops:
-            return text, False
-        self.buf += text
-        hits = [i for i in (self.buf.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.buf = self.buf[: min(hits)], ""
-            return out, True
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self.buf)), hold, -1):
-                if self.buf.endswith(s[:k]):
-                    hold = k
-                    break
-        out = self.buf[: len(self.buf) - hold]
-        self.buf = self.buf[len(out):]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.buf = self.buf, ""
-        return out
+    progress: Callable[[Progress], None] | None = None
+    logits_processors: tuple[LogitsProcessor, ...] = ()
 
 
 def _strip_sources(m: Message) -> Message:
@@ -127,7 +105,7 @@ class Chat(Closable):
     def send(self, text: str | None = None, *, images: Any = None, audio: Any = None, video: Any = None,
              use_audio_in_video: bool = True, messages: Sequence[Mapping[str, Any]] | None = None,
              options: Any = None, on_progress: Callable[[Progress], None] | None = None,
-             **overrides: Any) -> ThreadStream[Event]:
+             logits_processors: Sequence[LogitsProcessor] | None = None, **overrides: Any) -> ThreadStream[Event]:
         """Stream one turn: TextDelta events, then Done. `async for ev in chat.send(...)`.
 
         images, audio, video: one input or a list (or tuple) of inputs. images: paths, bytes, PIL
@@ -140,20 +118,24 @@ class Chat(Closable):
         options / keyword overrides: GenerationOptions fields (max_tokens, temperature, ...).
         on_progress: called with `Progress` while media are encoded and the prompt is prefilled (from
         the worker thread: keep it short; in an async app hand it to the loop with call_soon_threadsafe).
+        logits_processors: functions fn(token_ids, logits) -> logits applied before sampling each reply
+        token, in order (pocketomni.chat.decoding explains them; e.g. to ban tokens).
         Breaking out of the loop or cancelling the task stops decoding within one token.
         """
         new, opts, params = self._request(text, images, audio, messages, options, overrides, video,
                                           use_audio_in_video)
-        return ThreadStream(lambda flag: self._turn(new, opts, params, flag, wait=True, progress=on_progress))
+        hooks = TurnHooks(on_progress, check_logits_processors(logits_processors))
+        return ThreadStream(lambda flag: self._turn(new, opts, params, flag, wait=True, hooks=hooks))
 
     def send_sync(self, text: str | None = None, *, images: Any = None, audio: Any = None, video: Any = None,
                   use_audio_in_video: bool = True, messages: Sequence[Mapping[str, Any]] | None = None,
                   options: Any = None, on_progress: Callable[[Progress], None] | None = None,
-                  **overrides: Any) -> Iterator[Event]:
+                  logits_processors: Sequence[LogitsProcessor] | None = None, **overrides: Any) -> Iterator[Event]:
         """The blocking twin of `send`: a generator of the same events, run in the calling thread."""
         new, opts, params = self._request(text, images, audio, messages, options, overrides, video,
                                           use_audio_in_video)
-        return self._turn(new, opts, params, CancelFlag(), wait=True, progress=on_progress)
+        hooks = TurnHooks(on_progress, check_logits_processors(logits_processors))
+        return self._turn(new, opts, params, CancelFlag(), wait=True, hooks=hooks)
 
     def cancel(self) -> None:
         """Stop the running turn (if any) within one token; safe from any thread."""
@@ -357,7 +339,7 @@ class Chat(Closable):
         return msgs, layout, prepared
 
     def _turn(self, new: list[Message], opts: GenerationOptions, params: SamplingParams, flag: CancelFlag,
-              wait: bool, progress: Callable[[Progress], None] | None = None) -> Iterator[Event]:
+              wait: bool, hooks: TurnHooks = TurnHooks()) -> Iterator[Event]:
         try:
             held = self._hold(wait=wait, flag=flag).__enter__()
         except _Abandoned:
@@ -366,14 +348,14 @@ class Chat(Closable):
             if flag.is_set:
                 return
             self._flag = flag
-            yield from self._run(new, opts, params, flag, progress)
+            yield from self._run(new, opts, params, flag, hooks)
         finally:
             held.__exit__()
 
     def _run(self, new: list[Message], opts: GenerationOptions, params: SamplingParams,
-             flag: CancelFlag, progress: Callable[[Progress], None] | None = None) -> Iterator[Event]:
+             flag: CancelFlag, hooks: TurnHooks) -> Iterator[Event]:
         if not self.speech:
-            yield from self._run_turn(new, opts, params, flag, None, progress)
+            yield from self._run_turn(new, opts, params, flag, None, hooks)
             return
         t0 = time.perf_counter()
         self._check_open()
@@ -382,16 +364,16 @@ class Chat(Closable):
             if not ok:
                 yield Done(text="", finish_reason="cancelled", timings=Timings(total_seconds=time.perf_counter() - t0))
                 return
-            yield from self._run_turn(new, opts, params, flag, engine, progress)
+            yield from self._run_turn(new, opts, params, flag, engine, hooks)
 
     def _run_turn(self, new: list[Message], opts: GenerationOptions, params: SamplingParams,
-                  flag: CancelFlag, engine: SpeechEngine | None,
-                  progress: Callable[[Progress], None] | None = None) -> Iterator[Event]:
+                  flag: CancelFlag, engine: SpeechEngine | None, hooks: TurnHooks) -> Iterator[Event]:
         t0 = time.perf_counter()
         self._check_open()
         th, sess = self._model.thinker, self._session
         msgs, layout, prepared = self._plan(new)
         t_media = time.perf_counter()
+        progress = hooks.progress
         media_rows = self._model.media.encode_all(
             prepared, should_stop=lambda: flag.is_set,
             progress=None if progress is None else lambda d, n: progress(Progress("encode", d, n)))
@@ -418,19 +400,13 @@ class Chat(Closable):
             self._last_speech = talk
         t_audio = 0.0
 
-        stream, stopper = th.model.text_stream(), StopScanner(opts.stop)
-        rng = np.random.default_rng(opts.seed)
-        penalize = params.repetition_penalty != 1.0
-        fast_greedy = params.is_greedy and not penalize
+        choose = TokenChooser(params, opts.seed, lambda: sess.history.ids, hooks.logits_processors)
+        shown = ReplyText(th.model.text_stream(), opts.stop)
         reply: list[int] = []
-        shown: list[str] = []
-        finish, t_first, n_steps, tail = "cancelled", 0.0, 0, ""
+        finish, t_first, n_steps = "cancelled", 0.0, 0
         try:
             while not flag.is_set:
-                if fast_greedy:  # the sampler's greedy path without its copies: same result
-                    tok = int(np.argmax(logits))
-                else:
-                    tok = sample(logits, params, rng, penalty_ids=sess.history.ids if penalize else ())
+                tok = choose(logits)
                 if not t_first:
                     t_first = time.perf_counter()
                 if th.is_eog(tok):
@@ -438,9 +414,8 @@ class Chat(Closable):
                     break
                 reply.append(tok)
                 self._pending = [tok]
-                piece, hit = stopper.feed(stream.push(tok))
+                piece, hit = shown.push(tok)
                 if piece:
-                    shown.append(piece)
                     yield TextDelta(piece)
                 if hit:
                     finish = "stop_string"
@@ -457,13 +432,12 @@ class Chat(Closable):
                     for wav in talk.add_token():
                         t_audio = t_audio or time.perf_counter()
                         yield AudioChunk(wav)
-            if finish in ("stop", "length"):
-                tail = stopper.feed(stream.flush())[0] + stopper.flush()
+            tail = shown.flush() if finish in ("stop", "length") else ""
         except BaseException:
             sess.reconcile()  # e.g. KeyboardInterrupt inside a decode: keep the cache equal to the history
             raise
         finally:
-            text = "".join(shown) + tail
+            text = shown.text
             self._messages[reply_at] = Message("assistant", (Part("text", text=text),) if text else (),
                                                interrupted=finish == "cancelled")
         t_text = time.perf_counter()
