@@ -97,6 +97,30 @@ def test_voice_changes_the_sound_and_unknown_voice_is_rejected(omni):
         omni.chat(speech=True, voice="Nobody")
 
 
+def test_speech_settings_per_chat_and_per_turn(omni):
+    """speech=SpeechSettings(...) equals the keyword shorthands; send(speech={...}) changes one turn
+    (same sound as a chat made with those settings) and leaves the chat's settings as they were."""
+    opts = greedy(40)
+    ethan = list(omni.chat(speech=True, voice="Ethan", speech_options=opts, max_tokens=8).send_sync("Hi"))
+    chat = omni.chat(speech=po.SpeechSettings(voice="Chelsie", options=opts), max_tokens=8)
+    assert chat.speech_settings == omni.chat(speech=True, speech_options=opts).speech_settings
+    turn = list(chat.send_sync("Hi", speech={"voice": "Ethan"}))
+    assert np.array_equal(audio(turn), audio(ethan))
+    assert chat.speech_settings.voice == "Chelsie"
+    ref = omni.chat(speech=True, speech_preset="reference", speech_options=opts).speech_settings
+    assert chat.speech_settings.override({"preset": "reference"}) == ref  # its default streaming follows
+    assert chat.speech_settings.override({"options": {"max_codes": 7}}).options == opts.replace(max_codes=7)
+    with pytest.raises(po.OptionsError, match="Chelsie, Ethan"):
+        chat.send_sync("Hi", speech={"voice": "Nobody"})
+    with pytest.raises(po.OptionsError, match="unknown speech setting"):
+        chat.send_sync("Hi", speech={"speed": 2})
+    with pytest.raises(po.OptionsError, match="needs a speech chat"):
+        omni.chat().send_sync("Hi", speech={"voice": "Ethan"})
+    with pytest.raises(po.OptionsError, match="not both"):
+        omni.chat(speech=po.SpeechSettings(), voice="Ethan")
+    assert [m.role for m in chat.messages] == ["system", "user", "assistant"]  # the refused turns left no trace
+
+
 def test_speech_system_prompt_and_options(omni):
     chat = omni.chat(speech=True)
     assert chat.system == SPEECH_SYSTEM_PROMPT

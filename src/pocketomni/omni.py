@@ -26,8 +26,8 @@ from pocketomni.media.image import ImageConfig
 from pocketomni.options import GenerationOptions, resolve_options
 
 if TYPE_CHECKING:
-
     from pocketomni.chat.chat import Chat
+    from pocketomni.engine.speech import SpeechSettings
     from pocketomni.remote.client import RemoteOmni
 
 __all__ = ["Omni"]
@@ -91,7 +91,6 @@ class Omni(Closable):
             raise
         # package-internal: what chats run on (tests and benchmarks reach the parts through it)
         self.runtime = ModelRuntime(self.folder, thinker, media, SpeechLoad(n_threads, kv_f32, n_gpu_layers))
-        self._voices: tuple[str, ...] | None = None
 
     # ------------------------------------------------------------------ loading
 
@@ -126,13 +125,15 @@ class Omni(Closable):
         """Context window of each chat, in tokens."""
         return self.runtime.n_ctx
 
-    def chat(self, system: str | None = None, speech: bool = False, *, voice: str | None = None,
+    def chat(self, system: str | None = None, speech: bool | SpeechSettings = False, *, voice: str | None = None,
              speech_preset: str | None = None, speech_options: Any = None, speech_streaming: str | None = None,
              options: Any = None, **overrides: Any) -> Chat:
         """A new conversation. `system`: the system prompt (None: the chat template's default, or for
         speech chats the prompt the model speaks with, `pocketomni.engine.speech.SPEECH_SYSTEM_PROMPT`).
 
         speech: also speak each reply: `AudioChunk` events (24 kHz float32) arrive beside the `TextDelta`s.
+        True, or a `SpeechSettings(voice=, preset=, streaming=, options=)`; the keyword shorthands
+        below set the same fields (each `send` may override them with `speech={...}`).
         voice: "Chelsie" (default) or "Ethan". speech_preset: "fast" (default) or "reference" (the
         reference's vocoder solver, ~18x the work). speech_options: SpeechOptions (or dict) for the
         talker. speech_streaming: "exact" or "chunked" (default: exact for fast, chunked for reference).
@@ -145,11 +146,19 @@ class Omni(Closable):
         from pocketomni.engine.speech import SPEECH_SYSTEM_PROMPT, SpeechSettings, check_system_prompt
 
         self._check_open()
+        if not isinstance(speech, (bool, SpeechSettings)):
+            raise OptionsError(f"speech must be True, False or a SpeechSettings, got {speech!r}")
         settings = None
         if speech:
             self.folder.require("speech_out")
-            settings = SpeechSettings.resolve(voice, speech_preset, speech_options, speech_streaming)
-            self._check_voice(settings.voice)
+            if isinstance(speech, SpeechSettings):
+                if any(v is not None for v in (voice, speech_preset, speech_options, speech_streaming)):
+                    raise OptionsError("pass either speech=SpeechSettings(...) or voice/speech_preset/speech_options/"
+                                       "speech_streaming, not both")
+                settings = SpeechSettings().override(speech)
+            else:
+                settings = SpeechSettings.resolve(voice, speech_preset, speech_options, speech_streaming)
+            self.runtime.check_voice(settings.voice)
             if system is None:
                 system = SPEECH_SYSTEM_PROMPT
             else:
@@ -157,7 +166,7 @@ class Omni(Closable):
         elif any(v is not None for v in (voice, speech_preset, speech_options, speech_streaming)):
             raise OptionsError("voice, speech_preset, speech_options and speech_streaming need chat(speech=True)")
         opts = resolve_options(GenerationOptions(), options, overrides)
-        return Chat(self.runtime, system=system, speech=speech, options=opts, speech_settings=settings)
+        return Chat(self.runtime, system=system, speech=bool(speech), options=opts, speech_settings=settings)
 
     async def achat(self, system: str | None = None, speech: bool = False, **kwargs: Any) -> Chat:
         """`chat(...)` in a worker thread (a chat allocates its context cache); same arguments."""
@@ -173,15 +182,6 @@ class Omni(Closable):
     async def aload_speech(self) -> None:
         """`load_speech()` in a worker thread."""
         await asyncio.to_thread(self.load_speech)
-
-    def _check_voice(self, voice: str) -> None:
-        """OptionsError for a voice the token2wav file lacks (reads only the file's header)."""
-        if self._voices is None:
-            from pocketomni.engine.weights import KEY_SPEAKERS, read_metadata
-
-            self._voices = tuple(read_metadata(self.folder.token2wav).get(KEY_SPEAKERS) or ())  # type: ignore[arg-type]
-        if voice not in self._voices:
-            raise OptionsError(f"unknown voice {voice!r}; this model has {', '.join(sorted(self._voices))}")
 
     def restore_chat(self, path: str | os.PathLike[str]) -> Chat:
         """A chat saved with `chat.save(path)`, continuing exactly where it stopped."""

@@ -64,6 +64,7 @@ class TurnHooks:
 
     progress: Callable[[Progress], None] | None = None
     logits_processors: tuple[LogitsProcessor, ...] = ()
+    speech: SpeechSettings | None = None  # this turn's speech settings (None: the chat's)
 
 
 def _strip_sources(m: Message) -> Message:
@@ -105,7 +106,8 @@ class Chat(Closable):
     def send(self, text: str | None = None, *, images: Any = None, audio: Any = None, video: Any = None,
              use_audio_in_video: bool = True, messages: Sequence[Mapping[str, Any]] | None = None,
              options: Any = None, on_progress: Callable[[Progress], None] | None = None,
-             logits_processors: Sequence[LogitsProcessor] | None = None, **overrides: Any) -> ThreadStream[Event]:
+             logits_processors: Sequence[LogitsProcessor] | None = None,
+             speech: SpeechSettings | Mapping[str, Any] | None = None, **overrides: Any) -> ThreadStream[Event]:
         """Stream one turn: TextDelta events, then Done. `async for ev in chat.send(...)`.
 
         images, audio, video: one input or a list (or tuple) of inputs. images: paths, bytes, PIL
@@ -120,21 +122,24 @@ class Chat(Closable):
         the worker thread: keep it short; in an async app hand it to the loop with call_soon_threadsafe).
         logits_processors: functions fn(token_ids, logits) -> logits applied before sampling each reply
         token, in order (pocketomni.chat.decoding explains them; e.g. to ban tokens).
+        speech: for a speech chat, this turn's speech settings: a SpeechSettings or changes such as
+        {"voice": "Ethan", "options": {"max_codes": 500}} (the chat's settings stay as they are).
         Breaking out of the loop or cancelling the task stops decoding within one token.
         """
         new, opts, params = self._request(text, images, audio, messages, options, overrides, video,
                                           use_audio_in_video)
-        hooks = TurnHooks(on_progress, check_logits_processors(logits_processors))
+        hooks = TurnHooks(on_progress, check_logits_processors(logits_processors), self._turn_speech(speech))
         return ThreadStream(lambda flag: self._turn(new, opts, params, flag, wait=True, hooks=hooks))
 
     def send_sync(self, text: str | None = None, *, images: Any = None, audio: Any = None, video: Any = None,
                   use_audio_in_video: bool = True, messages: Sequence[Mapping[str, Any]] | None = None,
                   options: Any = None, on_progress: Callable[[Progress], None] | None = None,
-                  logits_processors: Sequence[LogitsProcessor] | None = None, **overrides: Any) -> Iterator[Event]:
+                  logits_processors: Sequence[LogitsProcessor] | None = None,
+                  speech: SpeechSettings | Mapping[str, Any] | None = None, **overrides: Any) -> Iterator[Event]:
         """The blocking twin of `send`: a generator of the same events, run in the calling thread."""
         new, opts, params = self._request(text, images, audio, messages, options, overrides, video,
                                           use_audio_in_video)
-        hooks = TurnHooks(on_progress, check_logits_processors(logits_processors))
+        hooks = TurnHooks(on_progress, check_logits_processors(logits_processors), self._turn_speech(speech))
         return self._turn(new, opts, params, CancelFlag(), wait=True, hooks=hooks)
 
     def cancel(self) -> None:
@@ -283,6 +288,16 @@ class Chat(Closable):
             new = [user_message(text, images, audio, video, use_audio_in_video)]
         return new, opts, params
 
+    def _turn_speech(self, speech: SpeechSettings | Mapping[str, Any] | None) -> SpeechSettings | None:
+        """Validated per-turn speech settings (before any work)."""
+        if speech is None:
+            return None
+        if self.speech_settings is None:
+            raise OptionsError("speech= needs a speech chat: omni.chat(speech=True)")
+        settings = self.speech_settings.override(speech)
+        self._model.check_voice(settings.voice)
+        return settings
+
     def _snapshot(self) -> Any:
         """Consistent reads: wait for another thread's turn; inside this thread's own turn, read as is."""
         return contextlib.nullcontext() if self._owner == threading.get_ident() else self._hold()
@@ -396,7 +411,7 @@ class Chat(Closable):
         talk: SpeechReply | None = None
         if engine is not None:
             assert self.speech_settings is not None
-            talk = engine.reply(self.speech_settings, sess)
+            talk = engine.reply(hooks.speech or self.speech_settings, sess)
             self._last_speech = talk
         t_audio = 0.0
 

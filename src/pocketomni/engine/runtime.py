@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from pocketomni.engine.encoders import MediaEncoders
 from pocketomni.engine.model_folder import ModelFolder
 from pocketomni.engine.thinker import Thinker
-from pocketomni.errors import PocketOmniError
+from pocketomni.errors import OptionsError, PocketOmniError
 
 if TYPE_CHECKING:
     from pocketomni.engine.speech import SpeechEngine
@@ -54,6 +54,7 @@ class ModelRuntime:
         self._chats: weakref.WeakSet[OpenChat] = weakref.WeakSet()
         self._closed = False
         self._close_lock = threading.Lock()
+        self._voices: tuple[str, ...] | None = None
 
     @property
     def closed(self) -> bool:
@@ -78,6 +79,15 @@ class ModelRuntime:
                 self._speech = SpeechEngine(self.folder, self.thinker, n_ctx=self.n_ctx, n_threads=s.n_threads,
                                             kv_f32=s.kv_f32, n_gpu_layers=s.n_gpu_layers)
             return self._speech
+
+    def check_voice(self, voice: str) -> None:
+        """OptionsError for a voice the token2wav file lacks (reads only the file's header, once)."""
+        if self._voices is None:
+            from pocketomni.engine.weights import KEY_SPEAKERS, read_metadata
+
+            self._voices = tuple(read_metadata(self.folder.token2wav).get(KEY_SPEAKERS) or ())  # type: ignore[arg-type]
+        if voice not in self._voices:
+            raise OptionsError(f"unknown voice {voice!r}; this model has {', '.join(sorted(self._voices))}")
 
     @property
     def speech_loaded(self) -> SpeechEngine | None:

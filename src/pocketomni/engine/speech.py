@@ -25,7 +25,7 @@ import dataclasses
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +110,24 @@ class SpeechSettings:
         else:
             raise OptionsError(f"speech_options must be SpeechOptions or a dict, got {type(options).__name__}")
         return cls(voice=voice or "Chelsie", preset=name, streaming=mode, options=opts)
+
+    def override(self, changes: SpeechSettings | Mapping[str, Any]) -> SpeechSettings:
+        """These settings with `changes` applied (for one turn): a whole SpeechSettings, or a mapping of
+        voice / preset / streaming / options, where options may itself be a partial dict of
+        SpeechOptions fields. A new preset without a streaming mode takes that preset's default."""
+        if isinstance(changes, SpeechSettings):
+            return SpeechSettings.resolve(changes.voice, changes.preset, changes.options, changes.streaming)
+        if not isinstance(changes, Mapping):
+            raise OptionsError(f"speech must be SpeechSettings or a dict, got {type(changes).__name__}")
+        unknown = sorted(set(changes) - {"voice", "preset", "streaming", "options"})
+        if unknown:
+            raise OptionsError(f"unknown speech setting(s) {', '.join(unknown)}; use voice, preset, streaming, options")
+        options = changes.get("options", self.options)
+        if isinstance(options, Mapping):
+            options = self.options.replace(**options)
+        preset = changes.get("preset", self.preset)
+        streaming = changes.get("streaming", self.streaming if "preset" not in changes else None)
+        return SpeechSettings.resolve(changes.get("voice", self.voice), preset, options, streaming)
 
 
 class SpeechEngine:
