@@ -86,6 +86,11 @@ class SpeechOptions(_Options):
     temperature, top_k, top_p, repetition_penalty: the talker's sampling (temperature 0 = greedy).
     max_codes: most speech codes per reply (50 codes = 1 second of speech).
     seed: random seed for sampling and the vocoder's noise; None picks one per turn.
+    pipelined: run the talker and token2wav in their own threads beside the thinker (text never waits
+      for speech) instead of one after another in the turn's thread; same tokens, codes and audio either
+      way. None: chosen from the machine's cores (engine/speech_pipeline.py says how).
+    threads: (thinker, talker, token2wav) CPU threads of a pipelined reply; None: split the usable cores
+      (engine/cpu_split.py). The one-after-another path gives every stage all of the model's threads.
     """
 
     temperature: float = 0.9
@@ -94,8 +99,19 @@ class SpeechOptions(_Options):
     repetition_penalty: float = 1.05
     max_codes: int = 4096
     seed: int | None = None
+    pipelined: bool | None = None
+    threads: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.pipelined is not None and not isinstance(self.pipelined, bool):
+            raise OptionsError(f"pipelined={self.pipelined!r} must be True, False or None (chosen from the machine)")
+        if self.threads is not None:
+            t = self.threads
+            if (isinstance(t, (str, bytes)) or not hasattr(t, "__len__") or len(t) != 3
+                    or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in t)):
+                raise OptionsError(f"threads={t!r} must be three positive integers (thinker, talker, token2wav) "
+                                   "or None")
+            object.__setattr__(self, "threads", tuple(t))  # a saved chat gives a list back
         _check_range("temperature", self.temperature, 0.0, 10.0, "use 0 for greedy decoding")
         _check_range("top_p", self.top_p, 0.0, 1.0)
         _check_range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)
