@@ -112,6 +112,19 @@ def test_same_threads_give_a_bit_identical_waveform(omni):
     assert wavs[0].size > 0
 
 
+def test_async_and_sync_pipelined_turns_agree(omni):
+    import asyncio
+
+    async def run():
+        return [ev async for ev in spoken_chat(omni, True, max_tokens=20, max_codes=80).send(PROMPT)]
+
+    a = asyncio.run(run())
+    s = run_with_timeout(lambda: list(spoken_chat(omni, True, max_tokens=20, max_codes=80).send_sync(PROMPT)))
+    assert a[-1].text == s[-1].text and a[-1].usage == s[-1].usage and a[-1].tokens == s[-1].tokens
+    np.testing.assert_array_equal(audio(a), audio(s))  # the events may interleave differently; the audio does not
+    assert audio(s).size == 80 * 480 and not stage_threads()
+
+
 # ---------------------------------------------------------------------------------------------- flow
 
 

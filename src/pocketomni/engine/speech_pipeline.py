@@ -18,8 +18,12 @@ E + H row and returns whatever audio is ready without waiting, so the text is ne
   vocoder node) and joins its thread. A stage's exception is re-raised, as is, by the turn thread's
   next `add_token()` / `finish()`.
 
-When to pipeline (`SpeechOptions.pipelined=None`): measured on the 2-core machine this was built on
-(benchmarks/results/spoken_turn.md), see PIPELINE_MIN_CPUS.
+When to pipeline (`SpeechOptions.pipelined=None`): from 2 usable cores. Measured on a shared 2-core
+AMD EPYC (benchmarks/results/spoken_turn.md, the engines alternated): the pipeline (1/1/1 threads) beat
+one-after-another (every stage on both cores) on the tiny model (sustained RTF 0.53x, first audio 0.68x)
+and on the synthetic 3B. One-after-another loses more than overlap gains here: llama.cpp's OpenMP team
+and OpenBLAS's pool each keep spinning after their work, and a 2-thread team stalls whenever another
+process holds one of the two cores. With one core there is nothing to overlap.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_AHEAD_CHUNKS", "MAX_AHEAD_CODES", "PIPELINE_MIN_CPUS", "PipelinedReply", "stage_threads",
            "use_pipeline"]
 
-PIPELINE_MIN_CPUS = 3  # pipelined=None runs the pipeline from this many usable cores (module doc)
+PIPELINE_MIN_CPUS = 2  # pipelined=None runs the pipeline from this many usable cores (module doc)
 MAX_AHEAD_CODES = 72  # two 36-code render steps: the talker makes the next step's codes while one renders
 MAX_AHEAD_CHUNKS = 4  # rendered chunks waiting for the turn thread
 POLL_SECONDS = 0.05  # a waiting stage re-checks the cancel flag this often (close() wakes it at once)
