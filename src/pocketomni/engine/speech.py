@@ -205,7 +205,7 @@ class _SpeechHold:
 
 
 class SpeechReply:
-    """One spoken reply, fed by the chat's turn loop in its own thread (module doc). Counts codes and audio.
+    """One spoken reply, run by the chat's turn loop in the turn's thread (module doc). Counts codes and audio.
     `should_stop` also cuts a render short (within one DiT block)."""
 
     pipelined = False
