@@ -394,3 +394,9 @@ def test_options_threads_and_defaults(omni, monkeypatch):
     assert chat._session.ctx.threads == thinker_before
     prev = set_blas_threads(old_blas)
     assert prev == old_blas
+
+    # SpeechOptions.threads pins the one-after-another engine's threads too, and gives them back
+    seen.clear()
+    chat = spoken_chat(omni, False, max_tokens=8, max_codes=20, threads=(1, 1, old_blas + 1))
+    run_with_timeout(lambda: list(chat.send_sync(PROMPT)))
+    assert seen["blas"] == old_blas + 1 and blas_threads() == old_blas

@@ -89,8 +89,8 @@ class SpeechOptions(_Options):
     pipelined: run the talker and token2wav in their own threads beside the thinker (text never waits
       for speech) instead of one after another in the turn's thread; same tokens, codes and audio either
       way. None: chosen from the machine's cores (engine/speech_pipeline.py says how).
-    threads: (thinker, talker, token2wav) CPU threads of a pipelined reply; None: split the usable cores
-      (engine/cpu_split.py). The one-after-another path gives every stage all of the model's threads.
+    threads: (thinker, talker, token2wav) CPU threads of a spoken reply's stages. None: a pipelined reply
+      splits the usable cores (engine/cpu_split.py), one after another every stage gets the model's threads.
     """
 
     temperature: float = 0.9

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["StageThreads", "blas_threads", "set_blas_threads", "split_threads", "usable_cpus"]
+__all__ = ["CoreShare", "StageThreads", "blas_threads", "set_blas_threads", "split_threads", "usable_cpus"]
 
 
 def usable_cpus() -> int:
@@ -100,3 +100,28 @@ def set_blas_threads(n: int) -> int | None:
     old = int(lib[0]())
     lib[1](n)
     return old
+
+
+class CoreShare:
+    """Give a spoken reply's stages their threads, and the old counts back on `restore()` (idempotent):
+    the thinker's and the talker's llama.cpp contexts (one-token decodes; the thinker's prefills keep their
+    count) and OpenBLAS (token2wav)."""
+
+    def __init__(self, threads: StageThreads, thinker_ctx: Any, talker_ctx: Any) -> None:
+        self._ctxs = [(thinker_ctx, thinker_ctx.threads), (talker_ctx, talker_ctx.threads)]
+        self._done = False
+        thinker_ctx.set_threads(threads.thinker, self._ctxs[0][1][1])
+        talker_ctx.set_threads(threads.talker)
+        self._blas = set_blas_threads(threads.token2wav)
+
+    def restore(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            for ctx, old in self._ctxs:
+                if not ctx.closed:
+                    ctx.set_threads(*old)
+        finally:
+            if self._blas is not None:
+                set_blas_threads(self._blas)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pocketomni.engine.cpu_split import CoreShare, StageThreads
 from pocketomni.engine.speech_render import FEED_CODES, ReplyRenderer, eh_rows, reply_options
 from pocketomni.errors import OptionsError, PocketOmniError
 from pocketomni.options import SpeechOptions
@@ -221,6 +222,9 @@ class SpeechReply:
         self._started = False
         self.renderer = ReplyRenderer(engine.token2wav, lambda: engine.speaker(settings.voice), settings.preset,
                                       settings.streaming, self.seed, should_stop)
+        # SpeechOptions.threads pins the stages' threads here too (otherwise: the model's threads)
+        self._cores = None if settings.options.threads is None else CoreShare(
+            StageThreads(*settings.options.threads), session.ctx, engine.talker.ctx)
 
     def add_token(self) -> list[np.ndarray]:
         """The thinker just decoded a reply token: feed it to the talker and return new audio (maybe none)."""
@@ -265,6 +269,8 @@ class SpeechReply:
     def close(self) -> None:
         """End the reply (nothing runs in the background here): free the renderer's buffers."""
         self.renderer.close()
+        if self._cores is not None:
+            self._cores.restore()
 
     @property
     def samples(self) -> int:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pocketomni.engine.cpu_split import StageThreads, set_blas_threads, split_threads, usable_cpus
+from pocketomni.engine.cpu_split import CoreShare, StageThreads, split_threads, usable_cpus
 from pocketomni.engine.speech_render import FEED_CODES, ReplyRenderer, eh_rows, reply_options
 
 if TYPE_CHECKING:
@@ -126,13 +126,7 @@ class PipelinedReply:
         self.renderer = ReplyRenderer(engine.token2wav, lambda: engine.speaker(settings.voice), settings.preset,
                                       settings.streaming, self.seed, self._stopped)
         self._started = self._closed = self._audio_done = False
-        # this reply's share of the cores; the old counts come back in close()
-        th = self.threads
-        self._thinker_threads = session.ctx.threads
-        self._talker_threads = engine.talker.ctx.threads
-        session.ctx.set_threads(th.thinker, self._thinker_threads[1])  # prefills (none in a reply) keep theirs
-        engine.talker.ctx.set_threads(th.talker)
-        self._blas_threads = set_blas_threads(th.token2wav)
+        self._cores = CoreShare(self.threads, session.ctx, engine.talker.ctx)  # given back in close()
         self._workers = [threading.Thread(target=self._guard, args=(fn,), name=f"pocketomni-{name}", daemon=True)
                          for name, fn in (("talker", self._talk), ("token2wav", self._render))]
         for w in self._workers:
@@ -190,14 +184,7 @@ class PipelinedReply:
         for w in self._workers:
             w.join()
         self.renderer.close()
-        try:
-            if not self.session.ctx.closed:
-                self.session.ctx.set_threads(*self._thinker_threads)
-            if not self.engine.talker.ctx.closed:
-                self.engine.talker.ctx.set_threads(*self._talker_threads)
-        finally:
-            if self._blas_threads is not None:
-                set_blas_threads(self._blas_threads)
+        self._cores.restore()
 
     def _check(self) -> None:
         if self._error is not None:
