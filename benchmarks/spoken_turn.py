@@ -314,8 +314,9 @@ def write_report() -> None:
         lines.append("| numpy GEMM GFLOP/s | " + " | ".join(f"{st['gemm_gflops'][k]:.0f}" for k in ks) + " |")
         lines += ["", f"Copy bandwidth {st['copy_gbs']:.1f} GB/s.", "",
                   ("| spoken turn (median) | sequential (all cores per stage) | sequential (pipeline's threads "
-                   f"{'/'.join(map(str, r['split']))}) | pipelined | pipelined / sequential (all cores) |"),
-                  "|---|---|---|---|---|"]
+                   f"{'/'.join(map(str, r['split']))}) | pipelined | pipelined / sequential (all cores) | "
+                   "pipelined / sequential (same threads) |"),
+                  "|---|---|---|---|---|---|"]
         rows = [("text prompt -> first text (s)", "first_text_s"), ("text prompt -> first audio (s)", "first_audio_s"),
                 ("text prompt -> end of text (s)", "text_done_s"), ("total (s)", "total_s"),
                 ("sustained RTF (s per audio s)", "rtf"), ("thinker decode busy (s)", "thinker_busy_s"),
@@ -324,13 +325,14 @@ def write_report() -> None:
         for name, k in rows:
             s, p = md["sequential"][k], md["pipelined"][k]
             s1 = md["sequential_split"][k] if "sequential_split" in md else float("nan")
-            lines.append(f"| {name} | {fmt(s)} | {fmt(s1)} | {fmt(p)} | {fmt(p / s if s else float('nan'), 'x')} |")
+            lines.append(f"| {name} | {fmt(s)} | {fmt(s1)} | {fmt(p)} | {fmt(p / s if s else float('nan'), 'x')} | "
+                         f"{fmt(p / s1 if s1 else float('nan'), 'x')} |")
         fb = b["first_audio_s"]
         lines.append(f"| first-audio lower bound (s; {b['first_chunk_codes']}-code first chunk, each stage alone at "
-                     f"its best) | {fmt(fb)} | {fmt(fb)} | {fmt(fb)} | |")
+                     f"its best) | {fmt(fb)} | {fmt(fb)} | {fmt(fb)} | | |")
         lines.append("| measured first audio / bound | " + " | ".join(
             fmt(md[m]["first_audio_s"] / fb, "x") if m in md else "-"
-            for m in ("sequential", "sequential_split", "pipelined")) + " | |")
+            for m in ("sequential", "sequential_split", "pipelined")) + " | | |")
         runs_txt = "; ".join(f"{mode}: " + ", ".join(f"{m['first_audio_s']:.2f}/{m['rtf']:.2f}" for m in ms)
                              for mode, ms in r["turns"].items())
         lines += ["", f"Every run (first audio s / RTF): {runs_txt}.", ""]

@@ -19,11 +19,16 @@ E + H row and returns whatever audio is ready without waiting, so the text is ne
   next `add_token()` / `finish()`.
 
 When to pipeline (`SpeechOptions.pipelined=None`): from 2 usable cores. Measured on a shared 2-core
-AMD EPYC (benchmarks/results/spoken_turn.md, the engines alternated): the pipeline (1/1/1 threads) beat
-one-after-another (every stage on both cores) on the tiny model (sustained RTF 0.53x, first audio 0.68x)
-and on the synthetic 3B. One-after-another loses more than overlap gains here: llama.cpp's OpenMP team
-and OpenBLAS's pool each keep spinning after their work, and a 2-thread team stalls whenever another
-process holds one of the two cores. With one core there is nothing to overlap.
+AMD EPYC, load average 4-6 from other work (benchmarks/results/spoken_turn.md, engines alternated):
+- against the one-after-another engine as it runs by default (every stage on both cores) the pipeline
+  (1/1/1 threads) wins by far: synthetic 3B sustained RTF 0.59x, first audio 0.72x, end of text 0.62x;
+  tiny RTF 0.05x. Two-thread llama.cpp and OpenBLAS teams stall whenever another process holds one of
+  the two cores (3B thinker alone: 2.6 tok/s on 2 threads against 9.7 on 1 in that run);
+- against one-after-another on the same 1/1/1 threads it ties within the noise (3B RTF 9.6 vs 9.8,
+  first audio 28.0 vs 25.2 s, end of text 24.9 vs 26.0 s): with both cores busy there is nothing
+  to overlap into. On an idle machine the pipeline also has the second core; one-after-another does not.
+So the pipeline, far ahead of the default one-after-another and level with its best thread setting here,
+is the default; with one core there is nothing to overlap.
 """
 
 from __future__ import annotations
