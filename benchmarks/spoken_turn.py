@@ -373,6 +373,7 @@ def plot(runs: list[dict[str, Any]]) -> None:
         w = 0.8 / len(modes)
         for i, mode in enumerate(modes):
             ax.bar(x + (i - (len(modes) - 1) / 2) * w, [r["median"][mode][k] for _, k in keys], w,
+                   color={"sequential": "tab:blue", "sequential_split": "tab:gray", "pipelined": "tab:green"}[mode],
                    label=f"{mode} (RTF {r['median'][mode]['rtf']:.2f})")
         ax.axhline(r["bound"]["first_audio_s"], color="k", ls=":", lw=1, label="first-audio lower bound")
         ax.set_xticks(x, [n for n, _ in keys])
