@@ -28,8 +28,12 @@ def omni(converted_tiny):
         yield m
 
 
-def greedy(max_codes: int) -> po.SpeechOptions:
-    return po.SpeechOptions(temperature=0.0, max_codes=max_codes, seed=SEED)
+def greedy(max_codes: int, pipelined: bool | None = None) -> po.SpeechOptions:
+    return po.SpeechOptions(temperature=0.0, max_codes=max_codes, seed=SEED, pipelined=pipelined)
+
+
+# Tests of event order and of how far speech runs after a cancel pin the one-after-another engine
+# (pipelined=False), whose order does not depend on timing; test_speech_pipeline.py covers the pipelined one.
 
 
 def kinds(events) -> str:
@@ -48,7 +52,7 @@ def audio(events) -> np.ndarray:
 # while the text lasts, so the reply must be longer than that.
 @pytest.mark.parametrize(("preset", "mode", "reply"), [("fast", "exact", 90), ("reference", "chunked", 60)])
 def test_audio_arrives_while_text_streams(omni, preset, mode, reply):
-    chat = omni.chat(speech=True, speech_preset=preset, speech_options=greedy(reply + 30), max_tokens=reply)
+    chat = omni.chat(speech=True, speech_preset=preset, speech_options=greedy(reply + 30, False), max_tokens=reply)
     assert chat.speech_settings.streaming == mode  # the default mode of the preset
     events = list(chat.send_sync("Tell me a long story."))
     k = kinds(events)
@@ -146,7 +150,7 @@ def test_speech_system_prompt_and_options(omni):
 
 
 def test_cancel_during_text_keeps_the_partial_reply(omni):
-    chat = omni.chat(speech=True, speech_preset="reference", speech_options=greedy(200), max_tokens=120)
+    chat = omni.chat(speech=True, speech_preset="reference", speech_options=greedy(200, False), max_tokens=120)
     events = chat.send_sync("Tell me a long story.")
     seen = []
     for ev in events:
@@ -167,7 +171,7 @@ def test_cancel_during_text_keeps_the_partial_reply(omni):
 
 
 def test_cancel_during_speech_stops_within_a_step(omni):
-    chat = omni.chat(speech=True, speech_options=greedy(1000), max_tokens=6)
+    chat = omni.chat(speech=True, speech_options=greedy(1000, False), max_tokens=6)
 
     async def run():
         events = []
@@ -191,7 +195,7 @@ def test_cancel_during_speech_stops_within_a_step(omni):
 
 
 def test_sync_and_async_give_the_same_spoken_turn(omni):
-    kw = {"speech": True, "speech_options": po.SpeechOptions(max_codes=80, seed=5), "max_tokens": 10}
+    kw = {"speech": True, "speech_options": po.SpeechOptions(max_codes=80, seed=5, pipelined=False), "max_tokens": 10}
 
     async def run():
         return [ev async for ev in omni.chat(**kw).send("Hello there")]

@@ -175,3 +175,13 @@ def test_names_match_a_saved_checkpoint(tiny_checkpoint) -> None:
     ckpt = open_checkpoint(tiny_checkpoint, need_speech=True)
     saved = {name: tuple(info.shape) for name, info in ckpt.tensors.items()}
     assert saved == checkpoint_shapes(ckpt.config)
+
+
+def test_talker_type_defaults_per_size() -> None:
+    from pocketomni.convert.synth import default_talker_quant
+
+    assert default_talker_quant("3b", "q4_k_m") == "q4_0"  # the 3B talker: q4_0 measured fastest (issue 14)
+    assert default_talker_quant("3b", "q8_0") == "q4_0"
+    assert default_talker_quant("3b", "f32") == "f32"  # an unquantized thinker keeps an unquantized talker
+    assert default_talker_quant("7b", "q4_k_m") == "q4_k_m"
+    assert default_talker_quant("tiny", "q8_0") == "q8_0"

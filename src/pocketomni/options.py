@@ -121,6 +121,11 @@ class SpeechOptions(_Options):
       seam the audio is the stream's own (pocketomni.token2wav.first_chunk; 0 codes: no first chunk,
       the first sound after 72 codes with the fast preset, 49 with reference). Default 24 / 12, chosen
       from benchmarks/results/first_chunk.md.
+    pipelined: run the talker and token2wav in their own threads beside the thinker (text never waits
+      for speech) instead of one after another in the turn's thread; same tokens, codes and audio either
+      way. None: chosen from the machine's cores (engine/speech_pipeline.py says how).
+    threads: (thinker, talker, token2wav) CPU threads of a spoken reply's stages. None: a pipelined reply
+      splits the usable cores (engine/cpu_split.py), one after another every stage gets the model's threads.
     """
 
     temperature: float = 0.9
@@ -131,9 +136,20 @@ class SpeechOptions(_Options):
     seed: int | None = None
     first_chunk_codes: int = 24
     first_chunk_future: int = 12
+    pipelined: bool | None = None
+    threads: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         check_first_chunk(self.first_chunk_codes, self.first_chunk_future)
+        if self.pipelined is not None and not isinstance(self.pipelined, bool):
+            raise OptionsError(f"pipelined={self.pipelined!r} must be True, False or None (chosen from the machine)")
+        if self.threads is not None:
+            t = self.threads
+            if (isinstance(t, (str, bytes)) or not hasattr(t, "__len__") or len(t) != 3
+                    or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in t)):
+                raise OptionsError(f"threads={t!r} must be three positive integers (thinker, talker, token2wav) "
+                                   "or None")
+            object.__setattr__(self, "threads", tuple(t))  # a saved chat gives a list back
         _check_range("temperature", self.temperature, 0.0, 10.0, "use 0 for greedy decoding")
         _check_range("top_p", self.top_p, 0.0, 1.0)
         _check_range("repetition_penalty", self.repetition_penalty, 0.01, 10.0)

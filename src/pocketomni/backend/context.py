@@ -158,6 +158,20 @@ class LlamaContext:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def threads(self) -> tuple[int, int]:
+        """(threads for one-token decodes, threads for batches)."""
+        with self.lock:
+            return int(L.llama_n_threads(self.ptr)), int(L.llama_n_threads_batch(self.ptr))
+
+    def set_threads(self, n_threads: int, n_threads_batch: int | None = None) -> None:
+        """Change the CPU threads of later decodes (one-token decodes; batches default to the same)."""
+        for name, v in (("n_threads", n_threads), ("n_threads_batch", n_threads_batch or n_threads)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        with self.lock:
+            L.llama_set_n_threads(self.ptr, n_threads, n_threads_batch or n_threads)
+
     # ------------------------------------------------------------------ positions
 
     def _check_seq(self, seq_id: int) -> int:

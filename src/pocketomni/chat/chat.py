@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
     from pocketomni.engine.runtime import ModelRuntime
     from pocketomni.engine.speech import SpeechEngine, SpeechReply, SpeechSettings
+    from pocketomni.engine.speech_pipeline import PipelinedReply
 
 __all__ = ["Chat"]
 
@@ -90,7 +91,7 @@ class Chat(Closable):
         self.system = system
         self.speech = speech
         self.speech_settings = speech_settings if speech else None
-        self._last_speech: SpeechReply | None = None  # the last turn's spoken reply (codes, timings)
+        self._last_speech: SpeechReply | PipelinedReply | None = None  # the last turn's spoken reply (codes, timings)
         self.options = options or GenerationOptions()
         self._session: ThinkerSession = model.thinker.session(keep_hidden=speech)
         self._messages: list[Message] = []  # every message whose tokens are in the cache
@@ -408,10 +409,10 @@ class Chat(Closable):
         self._messages += [_strip_sources(m) for m in msgs]
         self._messages.append(Message("assistant", ()))
         reply_at = len(self._messages) - 1
-        talk: SpeechReply | None = None
+        talk: SpeechReply | PipelinedReply | None = None
         if engine is not None:
             assert self.speech_settings is not None
-            talk = engine.reply(hooks.speech or self.speech_settings, sess)
+            talk = engine.reply(hooks.speech or self.speech_settings, sess, should_stop=lambda: flag.is_set)
             self._last_speech = talk
         t_audio = 0.0
 
@@ -464,6 +465,8 @@ class Chat(Closable):
                 yield AudioChunk(wav)
             if flag.is_set:  # the text is complete (kept as is); the speech was cut
                 finish = "cancelled"
+        if talk is not None:
+            talk.close()  # a pipelined reply's threads end here (within one step when cut short)
         t_end = time.perf_counter()
         n_new = int(layout.input_ids.size)
         decode_s = t_text - t_first if t_first else 0.0

@@ -15,8 +15,10 @@ streams in `exact` mode (same waveform as one-shot; default for the `fast` prese
 (the reference's 36-code chunks with 24 past / 12 future codes; default for `reference`, whose exact
 schedule would wait for ~430 codes). The first audio therefore arrives while the text is still being
 written once the reply is long enough, and the rest after the text, as the talker finishes.
-Everything runs in the turn's thread: llama.cpp and numpy would fight over the cores if they ran at
-once on a small machine. Cancelling stops at the next token, code or rendered chunk.
+`SpeechReply` runs everything in the turn's thread; `speech_pipeline.PipelinedReply` (same interface,
+same tokens, codes and audio) runs the talker and token2wav in threads of their own beside the thinker,
+each with its share of the cores; `SpeechOptions.pipelined` chooses (default: from the machine).
+Cancelling stops at the next token, code or DiT block.
 """
 
 from __future__ import annotations
@@ -31,18 +33,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pocketomni.errors import InternalError, OptionsError, PocketOmniError
+from pocketomni.engine.cpu_split import CoreShare, StageThreads
+from pocketomni.engine.speech_render import FEED_CODES, ReplyRenderer, eh_rows, reply_options
+from pocketomni.errors import OptionsError, PocketOmniError
 from pocketomni.options import SpeechOptions
-from pocketomni.token2wav import SAMPLE_RATE, Token2Wav, get_preset
+from pocketomni.token2wav import Token2Wav, get_preset
 
 if TYPE_CHECKING:
     from pocketomni.engine.model_folder import ModelFolder
+    from pocketomni.engine.speech_pipeline import PipelinedReply
     from pocketomni.engine.talker import Talker
     from pocketomni.engine.thinker import Thinker, ThinkerSession
     from pocketomni.token2wav.dit import SpeakerCond
-    from pocketomni.token2wav.streaming import SpeechStream
 
 __all__ = [
+    "FEED_CODES",
     "SPEECH_SYSTEM_PROMPT",
     "STREAMING_MODES",
     "SpeechEngine",
@@ -58,7 +63,6 @@ SPEECH_SYSTEM_PROMPT = (
 )
 STREAMING_MODES = ("exact", "chunked")
 DEFAULT_STREAMING = {"fast": "exact", "reference": "chunked"}
-FEED_CODES = 12  # codes handed to token2wav at a time (one DiT block); every render point is kept
 TALKER_EXTRA_CTX = 4096  # talker context = thinker context + room for this many codes
 
 
@@ -150,6 +154,7 @@ class SpeechEngine:
         self._lock = threading.Lock()
         self._owner: int | None = None
         self._spk_lock = threading.Lock()
+        self._live: SpeechReply | PipelinedReply | None = None  # the reply of the holder, closed on release
 
     @property
     def voices(self) -> list[str]:
@@ -171,9 +176,22 @@ class SpeechEngine:
         """Context manager: this thread speaks next (waits for another chat's spoken reply)."""
         return _SpeechHold(self, should_stop)
 
-    def reply(self, settings: SpeechSettings, session: ThinkerSession, seed: int | None = None) -> SpeechReply:
-        """A spoken reply for the turn whose prompt is now in `session` (call right after the prefill)."""
-        return SpeechReply(self, settings, session, seed)
+    def reply(self, settings: SpeechSettings, session: ThinkerSession, seed: int | None = None,
+              should_stop: Callable[[], bool] | None = None) -> SpeechReply | PipelinedReply:
+        """A spoken reply for the turn whose prompt is now in `session` (call right after the prefill, in
+        `hold`): pipelined or in turn as `settings.options.pipelined` says. `should_stop` (the turn's
+        cancel flag) also stops its renders and background stages within one step."""
+        from pocketomni.engine.speech_pipeline import PipelinedReply, use_pipeline
+
+        if self._live is not None:
+            self._live.close()
+        reply: SpeechReply | PipelinedReply
+        if use_pipeline(settings.options):
+            reply = PipelinedReply(self, settings, session, seed, should_stop)
+        else:
+            reply = SpeechReply(self, settings, session, seed, should_stop)
+        self._live = reply
+        return reply
 
     def close(self) -> None:
         self.talker.close()
@@ -196,63 +214,54 @@ class _SpeechHold:
 
     def __exit__(self, *exc: object) -> None:
         if self.ok:
-            self.engine._owner = None
-            self.engine._lock.release()
+            live, self.engine._live = self.engine._live, None
+            try:
+                if live is not None:  # a turn that ended early (error, abandoned generator): stop its stages
+                    live.close()
+            finally:
+                self.engine._owner = None
+                self.engine._lock.release()
 
 
 class SpeechReply:
-    """One spoken reply, fed by the chat's turn loop (module doc). Counts codes and audio."""
+    """One spoken reply, run by the chat's turn loop in the turn's thread (module doc). Counts codes and audio.
+    `should_stop` also cuts a render short (within one DiT block)."""
+
+    pipelined = False
 
     def __init__(self, engine: SpeechEngine, settings: SpeechSettings, session: ThinkerSession,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, should_stop: Callable[[], bool] | None = None) -> None:
         self.engine, self.settings, self.session = engine, settings, session
-        self.seed = seed if seed is not None else settings.options.seed
-        if self.seed is None:
-            self.seed = int(np.random.SeedSequence().entropy % (1 << 63))  # type: ignore[operator]
-        self.options = dataclasses.replace(settings.options, seed=self.seed)
+        self.options = reply_options(settings.options, seed)
+        self.seed: int = self.options.seed  # type: ignore[assignment]
         self.prompt_n = session.history.n
         self.codes: list[int] = []
-        self.samples = 0
-        self.t_first_audio = 0.0
-        self.render_seconds = 0.0  # time spent in token2wav
         self.talker_seconds = 0.0  # time spent in the talker (prefill, steps, sampling)
         self._started = False
-        self._pending: list[int] = []
-        self._stream: SpeechStream | None = None
-        self._flushed = False
-        self._max_code = engine.token2wav.dit.cfg.num_embeds  # codes the DiT knows: 0..num_embeds
-
-    # ------------------------------------------------------------------ feeding
-
-    def _eh(self, start: int, stop: int) -> np.ndarray:
-        s = self.session
-        hidden = s.history.hidden
-        if hidden is None:
-            raise InternalError("a speech reply on a chat that keeps no hidden states")
-        return s.input_embeddings(start, stop) + hidden[start:stop].astype(np.float32)
+        self.renderer = ReplyRenderer(engine.token2wav, lambda: engine.speaker(settings.voice), settings.preset,
+                                      settings.streaming, self.seed, should_stop,
+                                      (self.options.first_chunk_codes, self.options.first_chunk_future))
+        # SpeechOptions.threads pins the stages' threads here too (otherwise: the model's threads)
+        self._cores = None if settings.options.threads is None else CoreShare(
+            StageThreads(*settings.options.threads), session.ctx, engine.talker.ctx)
 
     def add_token(self) -> list[np.ndarray]:
         """The thinker just decoded a reply token: feed it to the talker and return new audio (maybe none)."""
         talker = self.engine.talker
         t = time.perf_counter()
         n = self.session.history.n
-        row = self._eh(n - 1, n)
+        row = eh_rows(self.session, n - 1, n)
         if not self._started:
-            s = self.settings
-            spk = self.engine.speaker(s.voice)
-            o = self.options
-            self._stream = self.engine.token2wav.stream(spk, s.preset, mode=s.streaming, seed=self.seed,
-                                                        first_chunk_codes=o.first_chunk_codes,
-                                                        first_chunk_future=o.first_chunk_future)
-            talker.start(self._eh(0, self.prompt_n), self.session.history.positions[:, : self.prompt_n],
-                         s.voice, row, self.options)
+            self.renderer.open()
+            talker.start(eh_rows(self.session, 0, self.prompt_n), self.session.history.positions[:, : self.prompt_n],
+                         self.settings.voice, row, self.options)
             self._started = True
         elif not talker.done:
             talker.push_reply(row)
-        for code in talker.codes():
-            self._take(code)
+        new = list(talker.codes())
+        self.codes += new
         self.talker_seconds += time.perf_counter() - t
-        return self._render(final=talker.done, every=1)  # codes keep pace with the (slower) text here
+        return self.renderer.take(new, final=talker.done, every=1)  # codes keep pace with the (slower) text here
 
     def finish(self, should_stop: Callable[[], bool]) -> Iterator[np.ndarray]:
         """The text is complete: run the talker to its end, yielding audio as it is rendered.
@@ -268,37 +277,32 @@ class SpeechReply:
             t = time.perf_counter()
             code = talker.next_code()
             self.talker_seconds += time.perf_counter() - t
-            if code is not None:
-                self._take(code)
-            if len(self._pending) >= FEED_CODES or talker.done:
+            new = [] if code is None else [code]
+            self.codes += new
+            if new or talker.done:
                 if should_stop():
                     return
-                yield from self._render(final=talker.done)
-        yield from self._render(final=True)
+                yield from self.renderer.take(new, final=talker.done, every=FEED_CODES)
+        yield from self.renderer.take([], final=True, every=FEED_CODES)
 
-    def _take(self, code: int) -> None:
-        # Codes beyond the DiT's table have no sound (the trained talker never emits them): skip them.
-        if 0 <= code <= self._max_code:
-            self._pending.append(code)
-        self.codes.append(code)
+    def close(self) -> None:
+        """End the reply (nothing runs in the background here): free the renderer's buffers."""
+        self.renderer.close()
+        if self._cores is not None:
+            self._cores.restore()
 
-    def _render(self, final: bool, every: int = FEED_CODES) -> list[np.ndarray]:
-        if self._stream is None or self._flushed or (len(self._pending) < every and not final):
-            return []
-        t = time.perf_counter()
-        out = [self._stream.feed(np.asarray(self._pending, np.int64))] if self._pending else []
-        self._pending = []
-        if final:
-            out.append(self._stream.finish())
-            self._flushed = True
-            self._stream = None  # free the renderer's buffers now, not when the chat drops this reply
-        self.render_seconds += time.perf_counter() - t
-        out = [np.ascontiguousarray(a, np.float32) for a in out if a.size]
-        if out and not self.t_first_audio:
-            self.t_first_audio = time.perf_counter()
-        self.samples += sum(a.size for a in out)
-        return out
+    @property
+    def samples(self) -> int:
+        return self.renderer.samples
+
+    @property
+    def t_first_audio(self) -> float:
+        return self.renderer.t_first_audio
+
+    @property
+    def render_seconds(self) -> float:
+        return self.renderer.render_seconds
 
     @property
     def audio_seconds(self) -> float:
-        return self.samples / SAMPLE_RATE
+        return self.renderer.audio_seconds

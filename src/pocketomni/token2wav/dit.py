@@ -20,6 +20,7 @@ from pocketomni.mapped_pages import release_file_pages
 from pocketomni.token2wav.config import DiTConfig
 from pocketomni.token2wav.ecapa import Ecapa
 from pocketomni.token2wav.layers import F32, gelu_tanh, layer_norm, linear, silu, softmax, sub, take
+from pocketomni.token2wav.stop import check_stop
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class DiT:
         h = self.embed_input(x[lo:hi], code_feat[lo:hi], spk, guidance)
         cos, sin = self._rope(pos0 + lo, hi - lo)  # rows of h are frames lo..hi
         for li, layer in enumerate(self.layers):
+            check_stop()  # a cancelled render ends between DiT blocks
             r0, r1 = ranges[li]
             h = self._layer(layer, mods[li], h, r0 - lo, r1 - lo, cos, sin)
             cos, sin, lo = cos[r0 - lo : r1 - lo], sin[r0 - lo : r1 - lo], r0

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from pocketomni.token2wav.stop import check_stop
+
 F32 = np.float32
 
 
@@ -102,6 +104,7 @@ class Chain(Node):
 
     def push(self, x: np.ndarray, final: bool = False) -> np.ndarray:
         for node in self.nodes:
+            check_stop()  # a cancelled render ends between vocoder nodes
             x = node.push(x, final)
         return x
 
