@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pocketomni as po
+from pocketomni.audio.backend import audio_backend, detect_platform
 from pocketomni.voice.session import SessionClosed, VoiceError
 
 log = logging.getLogger("pocketomni_demo")
@@ -49,11 +50,18 @@ class Conversation:
 
 class Engine:
     """Model work off the UI thread. Every public method returns at once; results and session events
-    come back through `post(...)` to the callbacks given (on the UI thread)."""
+    come back through `post(...)` to the callbacks given (on the UI thread).
+
+    The microphone and speaker come from the platform's audio backend: AudioRecord/AudioTrack
+    through pyjnius on Android, sounddevice (PortAudio) elsewhere; `platform` overrides the
+    detected one ("android", "linux", ...)."""
 
     def __init__(self, post: Callable[[Callable[[], None]], None], *, n_threads: int | None = None,
-                 max_tokens: int = 512, input_device: Any = None, output_device: Any = None) -> None:
+                 max_tokens: int = 512, input_device: Any = None, output_device: Any = None,
+                 platform: str | None = None) -> None:
         self._post = post
+        self.platform = platform or detect_platform()
+        self.audio = audio_backend(self.platform)
         self.n_threads, self.max_tokens = n_threads, max_tokens
         self.input_device, self.output_device = input_device, output_device
         self.loop = asyncio.new_event_loop()
@@ -142,11 +150,13 @@ class Engine:
             self.chat = await asyncio.to_thread(self.omni.chat, **kw)
             self.conversation = conv
             note = ""
-            session = po.VoiceSession(self.chat, self.input_device, self.output_device, hands_free=conv.hands_free)
+            session = po.VoiceSession(self.chat, self.input_device, self.output_device, hands_free=conv.hands_free,
+                                      audio_backend=self.audio)
             try:
                 await asyncio.to_thread(session.start)
-            except po.FeatureUnavailableError as e:  # no microphone: typed turns still work
-                session = po.VoiceSession(self.chat, False, self.output_device, hands_free=conv.hands_free)
+            except po.FeatureUnavailableError as e:  # no microphone (or no permission): typed turns still work
+                session = po.VoiceSession(self.chat, False, self.output_device, hands_free=conv.hands_free,
+                                          audio_backend=self.audio)
                 await asyncio.to_thread(session.start)
                 note = f"no microphone ({e}); type your messages"
             self.session = session

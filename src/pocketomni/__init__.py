@@ -40,6 +40,10 @@ from pocketomni.voice.events import (
 
 __version__ = "0.1.0"
 
+from pocketomni.numpy_blas import warn_if_no_blas
+
+warn_if_no_blas()  # once, at load: without a BLAS token2wav is minutes per second of speech
+
 __all__ = [
     "AudioChunk",
     "BargeIn",

@@ -22,6 +22,7 @@ __all__ = [
     "has_output_device",
     "import_sounddevice",
     "list_devices",
+    "match_device",
     "pick_rate",
 ]
 
@@ -50,7 +51,7 @@ def import_sounddevice() -> ModuleType:
 
 @dataclass(frozen=True)
 class AudioDevice:
-    """One PortAudio device."""
+    """One audio device (a PortAudio device, or an Android route: see audio/android_io.py)."""
 
     index: int
     name: str
@@ -107,15 +108,22 @@ def has_input_device() -> bool:
 
 def find_device(device: int | str | None, kind: Kind) -> AudioDevice:
     """Resolve an index, a name (exact, else unique substring, case-insensitive) or None (default)."""
+    return match_device(
+        list_devices(), device, kind,
+        "Check that a sound card or sound server (PulseAudio/PipeWire) is available to this process; "
+        "pocketomni.audio.io.list_devices() shows what PortAudio sees",
+    )
+
+
+def match_device(devices: list[AudioDevice], device: int | str | None, kind: Kind, hint: str) -> AudioDevice:
+    """Pick from `devices` (any backend's list) by index, name (exact, else unique substring,
+    case-insensitive) or None (the default). `hint` ends the error when there is no device at all."""
     devs = [
-        d for d in list_devices() if (d.max_output_channels if kind == "output" else d.max_input_channels) > 0
+        d for d in devices if (d.max_output_channels if kind == "output" else d.max_input_channels) > 0
     ]
     if not devs:
         what = "output device: run text only" if kind == "output" else "input device (microphone)"
-        raise FeatureUnavailableError(
-            f"no {what}. Check that a sound card or sound server (PulseAudio/PipeWire) is available "
-            "to this process; pocketomni.audio.io.list_devices() shows what PortAudio sees"
-        )
+        raise FeatureUnavailableError(f"no {what}. {hint}")
     names = ", ".join(f"[{d.index}] {d.name!r}" for d in devs)
     if device is None:
         default = [d for d in devs if (d.is_default_output if kind == "output" else d.is_default_input)]

@@ -1,4 +1,6 @@
-"""Sound in and out through sounddevice (PortAudio): a streaming `Player` and a `Recorder`.
+"""Sound in and out through sounddevice (PortAudio): a streaming `Player`, a `Recorder`, and
+`SoundDeviceBackend`, the desktop backend of the audio contract (audio/contract.py; on Android
+audio/android_io.py meets the same contract, audio/backend.py picks one per platform).
 
 * `Player` plays float32 mono chunks (24 kHz by default, the talker's rate) as they arrive, from a
   small queue, and can be stopped at once for barge-in: `stop()` drops the queue and aborts the
@@ -17,7 +19,6 @@ sounddevice is imported lazily; a missing PortAudio library gives an actionable 
 from __future__ import annotations
 
 import collections
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from pocketomni.audio.capture import BlockRecorder
 from pocketomni.audio.devices import (
     AudioDevice,
+    Kind,
     find_device,
     has_input_device,
     has_output_device,
@@ -44,6 +47,7 @@ __all__ = [
     "AudioDevice",
     "Player",
     "Recorder",
+    "SoundDeviceBackend",
     "StreamResampler",
     "find_device",
     "has_input_device",
@@ -277,7 +281,7 @@ class Player:
 # ---------------------------------------------------------------- capture
 
 
-class Recorder:
+class Recorder(BlockRecorder):
     """Captures mono float32 blocks of `block_ms` at `sample_rate` from an input device.
 
     Blocks go to a queue (`read()`, iteration) and, when given, to `on_block(block)`, which runs on
@@ -296,23 +300,12 @@ class Recorder:
         queue_seconds: float = 10.0,
         latency: str | float = "low",
     ) -> None:
-        if sample_rate <= 0 or block_ms <= 0 or queue_seconds <= 0:
+        if sample_rate <= 0:
             raise OptionsError("sample_rate, block_ms and queue_seconds must be positive")
         sd = import_sounddevice()
         self.device = find_device(device, "input")
-        self.sample_rate = int(sample_rate)
-        self.device_rate = (
-            int(device_rate) if device_rate else pick_rate(sd, self.device, "input", self.sample_rate, 1)
-        )
-        self.block = max(1, int(round(self.sample_rate * block_ms / 1000)))
-        self._resampler = StreamResampler(self.device_rate, self.sample_rate)
-        self._pending = np.zeros(0, dtype=np.float32)
-        self._blocks: queue.Queue[np.ndarray] = queue.Queue(
-            maxsize=max(1, int(queue_seconds * 1000 / block_ms))
-        )
-        self._on_block = on_block
-        self.overflows = 0  # blocks dropped (consumer too slow) plus device-side overruns
-        self.started_at: float | None = None  # time.monotonic() of the first captured block
+        rate = int(device_rate) if device_rate else pick_rate(sd, self.device, "input", int(sample_rate), 1)
+        super().__init__(sample_rate, rate, block_ms=block_ms, on_block=on_block, queue_seconds=queue_seconds)
         try:
             self._stream = sd.InputStream(
                 device=self.device.index,
@@ -330,27 +323,11 @@ class Recorder:
             ) from exc
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        if self.started_at is None:
-            self.started_at = time.monotonic() - frames / self.device_rate
-        if status and status.input_overflow:
-            self.overflows += 1
-        y = self._resampler.push(indata[:, 0])
-        buf = np.concatenate([self._pending, y]) if self._pending.size else y
-        n = buf.size // self.block * self.block
-        for i in range(0, n, self.block):
-            blk = buf[i : i + self.block].copy()
-            if self._on_block is not None:
-                self._on_block(blk)
-            try:
-                self._blocks.put_nowait(blk)
-            except queue.Full:
-                self.overflows += 1
-                try:
-                    self._blocks.get_nowait()
-                except queue.Empty:
-                    pass
-                self._blocks.put_nowait(blk)
-        self._pending = buf[n:].copy()
+        self._deliver(indata[:, 0], bool(status and status.input_overflow))
+
+    @property
+    def capturing(self) -> bool:
+        return not self._stream.stopped
 
     def start(self) -> Recorder:
         """Start capturing."""
@@ -368,44 +345,34 @@ class Recorder:
             self.stop()
             self._stream.close()
 
-    def read(self, timeout: float | None = None) -> np.ndarray | None:
-        """The next block, or None when none arrived within `timeout` seconds."""
-        try:
-            return self._blocks.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def drain(self) -> np.ndarray:
-        """All blocks captured and not yet read, joined."""
-        parts = []
-        while True:
-            try:
-                parts.append(self._blocks.get_nowait())
-            except queue.Empty:
-                break
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-
-    def record(self, seconds: float) -> np.ndarray:
-        """Capture `seconds` of audio (starting the stream if needed) and return it."""
-        n = int(round(seconds * self.sample_rate))
-        if self._stream.stopped:
-            self.start()
-        parts, got = [], 0
-        deadline = time.monotonic() + seconds + 5.0
-        while got < n and time.monotonic() < deadline:
-            blk = self.read(timeout=0.5)
-            if blk is not None:
-                parts.append(blk)
-                got += blk.size
-        if got < n:
-            raise FeatureUnavailableError(
-                f"the input device {self.device.name!r} delivered {got} of {n} samples; "
-                "it may be in use or stalled"
-            )
-        return np.concatenate(parts)[:n]
-
     def __enter__(self) -> Recorder:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+
+# ---------------------------------------------------------------- the backend
+
+
+class SoundDeviceBackend:
+    """The desktop backend (Linux, macOS, Windows): PortAudio through sounddevice."""
+
+    name = "sounddevice"
+
+    def list_devices(self) -> list[AudioDevice]:
+        return list_devices()
+
+    def find_device(self, device: int | str | None, kind: Kind) -> AudioDevice:
+        return find_device(device, kind)
+
+    def has_input_device(self) -> bool:
+        return has_input_device()
+
+    def has_output_device(self) -> bool:
+        return has_output_device()
+
+    def open_player(self, device: int | str | None = None, sample_rate: int = OUTPUT_RATE,
+                    **options: Any) -> Player:
+        return Player(device, sample_rate, **options)
+
+    def open_recorder(self, device: int | str | None = None, sample_rate: int = INPUT_RATE, *,
+                      on_block: Callable[[np.ndarray], None] | None = None, **options: Any) -> Recorder:
+        return Recorder(device, sample_rate, on_block=on_block, **options)

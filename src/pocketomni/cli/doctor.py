@@ -124,21 +124,14 @@ def guard_section() -> dict[str, Any]:
 def numpy_section() -> dict[str, Any]:
     import numpy as np
 
-    blas, simd = "unknown (numpy too old to say)", None
+    from pocketomni.numpy_blas import numpy_blas
+
+    blas = numpy_blas().describe()
     try:
         cfg = np.show_config(mode="dicts")  # numpy >= 1.26
     except TypeError:
         cfg = None
-    if isinstance(cfg, dict):
-        dep = (cfg.get("Build Dependencies") or {}).get("blas") or {}
-        name = str(dep.get("name") or "")
-        if not dep.get("found", bool(name)) or name.lower() in ("", "none"):
-            blas = "none: numpy has no BLAS, its matmuls (audio encoder, token2wav) are slow"
-        else:
-            blas = " ".join(str(x) for x in (name, dep.get("version")) if x)
-            if dep.get("openblas configuration"):
-                blas += f" ({dep['openblas configuration']})"
-        simd = (cfg.get("SIMD Extensions") or {}).get("found")
+    simd = (cfg.get("SIMD Extensions") or {}).get("found") if isinstance(cfg, dict) else None
     env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     out: dict[str, Any] = {"version": np.__version__, "blas": blas, "simd": simd,
                            "usable_cpus": _usable_cpus(), "thread_env": env, "blas_threads": None}

@@ -55,7 +55,7 @@ from pocketomni.voice.events import (
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from pocketomni.audio.io import Player, Recorder
+    from pocketomni.audio.contract import AudioBackend, AudioPlayer, AudioRecorder
     from pocketomni.chat.chat import Chat
 
 __all__ = ["BargeIn", "Listening", "OutputStatus", "ReplyDone", "SessionClosed", "UserSpeaking", "UserTurn",
@@ -95,13 +95,16 @@ class VoiceSession:
     barge_in: the user's voice over a reply stops it (needs headphones or no acoustic echo).
     options: GenerationOptions / dict for every turn (default: the chat's).
     on_event: a callback for every event (runs on the session's dispatch thread).
+    audio_backend: where the devices come from (pocketomni.audio.backend.audio_backend(); default:
+      the platform's, AudioRecord/AudioTrack on Android, sounddevice elsewhere).
     """
 
     def __init__(self, chat: Chat, input_device: int | str | None | Literal[False] = None,
                  output_device: int | str | None | Literal[False] = None, *, vad: Any = None,
                  hands_free: bool = True, barge_in: bool = True, options: Any = None,
-                 on_event: Callable[[Any], None] | None = None) -> None:
+                 on_event: Callable[[Any], None] | None = None, audio_backend: AudioBackend | None = None) -> None:
         self.chat = chat
+        self._audio = audio_backend
         self.input_device, self.output_device = input_device, output_device
         if vad is None or isinstance(vad, VadConfig):
             vad = VoiceActivityDetector(vad or VadConfig(sample_rate=RATE))
@@ -126,8 +129,8 @@ class VoiceSession:
         self._ptt_started = 0.0
         self._recent: collections.deque[np.ndarray] = collections.deque(maxlen=int(PTT_PRE_ROLL_SECONDS * 50) + 1)
         self._carry: np.ndarray | None = None  # audio of a turn dropped before the model took it
-        self.recorder: Recorder | None = None
-        self.player: Player | None = None
+        self.recorder: AudioRecorder | None = None
+        self.player: AudioPlayer | None = None
         self.speaking = False
         self.barge_ins: list[BargeIn] = []  # every barge-in so far (latency figures)
         self._threads: list[threading.Thread] = []
@@ -139,12 +142,15 @@ class VoiceSession:
         """Open the devices and start listening. Raises FeatureUnavailableError without a microphone."""
         if self._started:
             return self
-        from pocketomni.audio import io as audio_io
+        if self._audio is None:
+            from pocketomni.audio.backend import audio_backend
 
+            self._audio = audio_backend()
+        audio = self._audio
         if self.input_device is not False:
-            self.recorder = audio_io.Recorder(self.input_device, RATE)
+            self.recorder = audio.open_recorder(self.input_device, RATE)
         try:
-            self.speaking, reason = self._open_output(audio_io)
+            self.speaking, reason = self._open_output(audio)
         except BaseException:
             if self.recorder is not None:
                 self.recorder.close()
@@ -163,15 +169,15 @@ class VoiceSession:
         self._emit(Listening(self._hands_free))
         return self
 
-    def _open_output(self, audio_io: Any) -> tuple[bool, str]:
+    def _open_output(self, audio: AudioBackend) -> tuple[bool, str]:
         if not getattr(self.chat, "speech", False):
             return False, "text only: the chat was created with speech=False (use omni.chat(speech=True))"
         if self.output_device is False:
             return False, "text only: no output device was requested (output_device=False)"
-        if self.output_device is None and not audio_io.has_output_device():
+        if self.output_device is None and not audio.has_output_device():
             return False, "text only: there is no output device (speaker) on this system"
         try:
-            self.player = audio_io.Player(self.output_device, queue_seconds=120.0)
+            self.player = audio.open_player(self.output_device, queue_seconds=120.0)
         except (FeatureUnavailableError, OptionsError) as e:
             return False, f"text only: {e}"
         return True, f"speaking on {self.player.device.name}"
