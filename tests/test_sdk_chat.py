@@ -450,3 +450,29 @@ def test_logits_processors_shape_the_reply(omni) -> None:
             _run(chat.fork(), "x", logits_processors=[lambda ids, logits: None])
         for c in (base, other, watched):
             c.close()
+
+
+def test_cancel_reaches_inside_a_long_audio_encode(omni, monkeypatch) -> None:
+    """Cancelling while a long clip is being encoded stops at the next window group of the audio tower
+    (not after the whole clip); the turn never happened and the chat goes on."""
+    from pocketomni.audio.tower import AudioEncoder
+
+    calls: list[int] = []
+    real = AudioEncoder._encode_group
+    with omni.chat(max_tokens=2) as chat:
+        _run(chat, "first")
+        before = chat.messages
+
+        def group(self, *args):
+            calls.append(1)
+            if len(calls) == 1:
+                chat.cancel()  # from inside the first group: the next check must stop the encode
+            return real(self, *args)
+
+        monkeypatch.setattr(AudioEncoder, "_encode_group", group)
+        clip = (_audio(150.0), 16000)  # several window groups on the tiny tower
+        events = list(chat.send_sync("Listen.", audio=[clip]))
+        assert len(calls) == 1, f"{len(calls)} window groups encoded after the cancel"
+        assert events[-1].finish_reason == "cancelled" and chat.messages == before
+        monkeypatch.setattr(AudioEncoder, "_encode_group", real)
+        assert _run(chat, "again").finish_reason == "length"

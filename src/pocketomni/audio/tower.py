@@ -175,6 +175,10 @@ def _f32(a: np.ndarray) -> np.ndarray:
 # --- the encoder ----------------------------------------------------------------------------------
 
 
+class EncodingStopped(Exception):
+    """An encode was stopped between window groups (the turn was cancelled)."""
+
+
 class AudioEncoder:
     """Qwen2.5-Omni audio tower: `encode(mel) -> (n_tokens, output_dim)` float32 embeddings."""
 
@@ -357,8 +361,9 @@ class AudioEncoder:
         """Tokens `encode` returns for a mel of `n_frames` frames."""
         return n_audio_tokens(n_frames)
 
-    def encode(self, mel: np.ndarray) -> np.ndarray:
-        """(num_mel_bins, L) log-mel of one clip -> (n_tokens(L), output_dim) float32 embeddings."""
+    def encode(self, mel: np.ndarray, should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+        """(num_mel_bins, L) log-mel of one clip -> (n_tokens(L), output_dim) float32 embeddings.
+        `should_stop` is checked between window groups: EncodingStopped when it returns True."""
         cfg = self.config
         mel = np.asarray(mel)
         if mel.ndim != 2 or mel.shape[0] != cfg.num_mel_bins:
@@ -373,6 +378,8 @@ class AudioEncoder:
         out = np.empty((n, cfg.output_dim), np.float32)
         at = 0
         for start, n_full, tail in self._groups(mel.shape[1]):
+            if should_stop is not None and should_stop():
+                raise EncodingStopped
             y = self._encode_group(mel, start, n_full, tail)
             out[at : at + y.shape[0]] = y
             at += y.shape[0]

@@ -21,8 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from pocketomni.audio.features import log_mel_segments
-from pocketomni.audio.tower import AudioEncoder, AudioEncoderConfig, audio_gguf_name, audio_tower_names
+from pocketomni.audio.features import log_mel, split_segments
+from pocketomni.audio.tower import (
+    AudioEncoder,
+    AudioEncoderConfig,
+    EncodingStopped,
+    audio_gguf_name,
+    audio_tower_names,
+)
 from pocketomni.backend.llama import LlamaModel
 from pocketomni.backend.mtmd import MtmdContext
 from pocketomni.chat.conversation import Part
@@ -191,20 +197,20 @@ class MediaEncoders:
             raise InternalError("encode() got a video, which has frame rows and sound rows; use encode_parts")
         return self.encode_parts(item)[item.kind]
 
-    def encode_parts(self, item: PreparedMedia) -> dict[int, np.ndarray]:
+    def encode_parts(self, item: PreparedMedia, should_stop: Callable[[], bool] | None = None) -> dict[int, np.ndarray]:
         """Rows of one prepared item by kind: {KIND_IMAGE: ...}, {KIND_AUDIO: ...} or, for a video,
         {KIND_VIDEO: frame rows in temporal order, KIND_AUDIO: its sound track's rows (if used)}."""
         if item.video is not None:
             out = {KIND_VIDEO: self._encode_video(item.video)}
             if item.audio is not None:
-                out[KIND_AUDIO] = self._encode_audio(item.audio.samples)
+                out[KIND_AUDIO] = self._encode_audio(item.audio.samples, should_stop)
             n = sum(v.shape[0] for v in out.values())
         elif item.image is not None:
             out = {KIND_IMAGE: self._encode_image(item.image)}
             n = out[KIND_IMAGE].shape[0]
         else:
             assert item.audio is not None
-            out = {KIND_AUDIO: self._encode_audio(item.audio.samples)}
+            out = {KIND_AUDIO: self._encode_audio(item.audio.samples, should_stop)}
             n = out[KIND_AUDIO].shape[0]
         if n != item.n_tokens:
             raise PocketOmniError(
@@ -233,11 +239,11 @@ class MediaEncoders:
                 "its pixel limits differ from the reference's"
             )
 
-    def _encode_audio(self, samples: np.ndarray) -> np.ndarray:
+    def _encode_audio(self, samples: np.ndarray, should_stop: Callable[[], bool] | None = None) -> np.ndarray:
         if not self.exact_audio:
             return self._mtmd().encode_audio(samples).embd
         enc = self._audio_encoder()
-        parts = [enc.encode(mel) for mel in log_mel_segments(samples)]
+        parts = [enc.encode(log_mel(seg), should_stop) for seg in split_segments(samples)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def encode_all(self, items: list[PreparedMedia], should_stop: Callable[[], bool] | None = None,
@@ -249,7 +255,11 @@ class MediaEncoders:
         for i, item in enumerate(items):
             if should_stop is not None and should_stop():
                 break
-            for kind, rows in self.encode_parts(item).items():
+            try:
+                parts = self.encode_parts(item, should_stop)
+            except EncodingStopped:
+                return {}  # the turn was cancelled mid-item: the caller sees should_stop() and drops it
+            for kind, rows in parts.items():
                 by_kind.setdefault(kind, []).append(rows)
             if progress is not None:
                 progress(i + 1, len(items))
