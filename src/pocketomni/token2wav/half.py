@@ -89,7 +89,8 @@ def to_f32(a: np.ndarray) -> np.ndarray:
 
 
 _local = threading.local()
-SCRATCH_MAX = 1 << 22  # values (16 MB as float32): larger matrices get a temporary, not a kept buffer
+SCRATCH_MAX = 1 << 23  # values (32 MB as float32; full-size BigVGAN stage-0 kernels are 6.5M): larger
+# matrices (the first upsampler, 13M) get a temporary, not a kept buffer
 
 
 def dense(w: np.ndarray) -> np.ndarray:
