@@ -45,7 +45,7 @@ def tiny_checkpoints() -> dict[str, Path]:
     return {name: build_checkpoint(name) for name in VARIANTS}
 
 
-def _convert_cached(checkpoint: Path, quant: str, mmproj_quant: str) -> Path:
+def _convert_cached(checkpoint: Path, quant: str, mmproj_quant: str, token2wav_type: str) -> Path:
     """Run `pocketomni convert` on a tiny checkpoint once; reuse the folder while the checkpoint and
     the converter sources are unchanged (keyed by their hash), under the test cache."""
     import fcntl
@@ -58,18 +58,19 @@ def _convert_cached(checkpoint: Path, quant: str, mmproj_quant: str) -> Path:
     import pocketomni.convert as conv
     from pocketomni.convert.pipeline import convert_checkpoint
 
-    h = hashlib.sha256(f"{checkpoint.resolve()}|{quant}|{mmproj_quant}".encode())
+    h = hashlib.sha256(f"{checkpoint.resolve()}|{quant}|{mmproj_quant}|{token2wav_type}".encode())
     for src in sorted(Path(conv.__file__).parent.glob("*.py")):
         h.update(src.read_bytes())
     root = cache_root() / "converted"
     root.mkdir(parents=True, exist_ok=True)
-    out = root / f"{checkpoint.name}-{quant}-{mmproj_quant}-{h.hexdigest()[:12]}"
+    out = root / f"{checkpoint.name}-{quant}-{mmproj_quant}-t2w{token2wav_type}-{h.hexdigest()[:12]}"
     with open(root / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / "pocketomni.json").is_file():
             tmp = root / f".{out.name}.partial"
             shutil.rmtree(tmp, ignore_errors=True)
-            convert_checkpoint(checkpoint, tmp, quant=quant, mmproj_quant=mmproj_quant, progress=False, threads=1)
+            convert_checkpoint(checkpoint, tmp, quant=quant, mmproj_quant=mmproj_quant, progress=False, threads=1,
+                               token2wav_type=token2wav_type)
             os.replace(tmp, out)
             stem = out.name[: out.name.rindex("-") + 1]
             for old in root.glob(stem + "*"):  # conversions by older converter sources, unused for an hour
@@ -80,15 +81,17 @@ def _convert_cached(checkpoint: Path, quant: str, mmproj_quant: str) -> Path:
 
 @pytest.fixture(scope="session")
 def converted_tiny():
-    """Factory `converted_tiny(variant="base", quant="f32", mmproj_quant=None) -> model folder`:
-    the tiny checkpoint converted with `pocketomni convert` once per variant and type (cached on disk).
-    mmproj_quant defaults to f32 for an f32 thinker, else f16."""
+    """Factory `converted_tiny(variant="base", quant="f32", mmproj_quant=None, token2wav_type="f16")
+    -> model folder`: the tiny checkpoint converted with `pocketomni convert` once per variant and types
+    (cached on disk). mmproj_quant defaults to f32 for an f32 thinker, else f16; token2wav_type to the
+    converter's default."""
     from omni_fixtures import build_checkpoint
 
-    made: dict[tuple[str, str, str], Path] = {}
+    made: dict[tuple[str, str, str, str], Path] = {}
 
-    def get(variant: str = "base", quant: str = "f32", mmproj_quant: str | None = None) -> Path:
-        key = (variant, quant, mmproj_quant or ("f32" if quant == "f32" else "f16"))
+    def get(variant: str = "base", quant: str = "f32", mmproj_quant: str | None = None,
+            token2wav_type: str = "f16") -> Path:
+        key = (variant, quant, mmproj_quant or ("f32" if quant == "f32" else "f16"), token2wav_type)
         if key not in made:
             made[key] = _convert_cached(build_checkpoint(variant), *key[1:])
         return made[key]

@@ -25,14 +25,15 @@ atexit.register(shutil.rmtree, _ROOT, True)
 
 
 @functools.cache
-def converted(variant: str, quant: str = "f32", mmproj_quant: str = "f32") -> Path:
+def converted(variant: str, quant: str = "f32", mmproj_quant: str = "f32", token2wav_type: str = "f16") -> Path:
     """Output folder of `pocketomni convert` on tiny fixture `variant` (once per session)."""
     from omni_fixtures import build_checkpoint
 
     from pocketomni.convert import convert_checkpoint
 
-    out = _ROOT / f"{variant}-{quant}-{mmproj_quant}"
-    convert_checkpoint(build_checkpoint(variant), out, quant=quant, mmproj_quant=mmproj_quant, progress=False)
+    out = _ROOT / f"{variant}-{quant}-{mmproj_quant}-{token2wav_type}"
+    convert_checkpoint(build_checkpoint(variant), out, quant=quant, mmproj_quant=mmproj_quant, progress=False,
+                       token2wav_type=token2wav_type)
     return out
 
 
@@ -159,7 +160,7 @@ def audio_bitmap(wav: np.ndarray):
 
 
 def test_f32_files_load_and_generate() -> None:
-    out = converted("base")
+    out = converted("base", token2wav_type="f32")
     assert sorted(p.name for p in out.iterdir()) == [
         "mmproj-f32.gguf", "pocketomni.json", "talker-f32.gguf", "thinker-f32.gguf", "token2wav-f32.gguf"]
     th = Thinker(out / "thinker-f32.gguf")
@@ -179,9 +180,14 @@ def test_f32_files_load_and_generate() -> None:
 @pytest.mark.parametrize("quant,mmproj_quant,min_cos", [("q8_0", "q8_0", 0.999), ("q4_k_m", "f16", 0.99)])
 def test_quantized_thinker_loads_and_generates(quant: str, mmproj_quant: str, min_cos: float) -> None:
     out = converted("gqa4", quant, mmproj_quant)
+    from pocketomni.convert import read_manifest
+
     names = sorted(p.name for p in out.iterdir())
     assert names == [f"mmproj-{mmproj_quant}.gguf", "pocketomni.json", f"talker-{quant}.gguf",
-                     f"thinker-{quant}.gguf", "token2wav-f32.gguf"]
+                     f"thinker-{quant}.gguf", "token2wav-f16.gguf"]  # the default token2wav type
+    assert read_manifest(out)["files"]["token2wav"]["type"] == "f16"
+    t2w = gguf.GGUFReader(out / "token2wav-f16.gguf")
+    assert int(t2w.fields["general.file_type"].contents()) == gguf.LlamaFileType.MOSTLY_F16
     talker_type = int(gguf.GGUFReader(out / f"talker-{quant}.gguf").fields["general.file_type"].contents())
     assert talker_type == {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_k_m": gguf.LlamaFileType.MOSTLY_Q4_K_M}[quant]
     from pocketomni.backend import LlamaModel
@@ -229,7 +235,7 @@ def test_mmproj_q8_0_keeps_what_clip_needs_in_float() -> None:
 def test_manifest_and_folder_recognition(tmp_path: Path) -> None:
     from pocketomni.convert import locate_model_files, read_manifest
 
-    out = converted("base")
+    out = converted("base", token2wav_type="f32")
     m = read_manifest(out)
     assert m["format"] == "pocketomni" and m["format_version"] == 1
     assert m["files"]["thinker"] == {"path": "thinker-f32.gguf", "type": "f32",

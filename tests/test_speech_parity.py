@@ -1,6 +1,7 @@
 """A spoken chat turn through the public API against the reference's `generate`, up to the waveform.
 
-Our side: the tiny checkpoint converted with `pocketomni convert` (f32), `omni.chat(speech=True)` with
+Our side: the tiny checkpoint converted with `pocketomni convert` (f32 thinker/talker; token2wav weights
+float16, the default, and float32), `omni.chat(speech=True)` with
 the default speech system prompt, the talker greedy, the `reference` token2wav preset streamed in
 `exact` mode (equal to one-shot rendering) and a fixed seed. The reference side:
 `Qwen2_5OmniForConditionalGeneration.generate` on the same conversation (processor + chat template),
@@ -108,19 +109,20 @@ def _generate(model, inputs: dict, voice: str):
     return ids, reply, codes, wav.numpy().astype(np.float64)
 
 
+@pytest.mark.parametrize("t2w_type", ["f16", "f32"])
 @pytest.mark.parametrize(("variant", "media", "voice"), CASES, ids=[f"{v}-{m}" for v, m, _ in CASES])
-def test_spoken_turn_matches_reference_generate(converted_tiny, variant, media, voice):
+def test_spoken_turn_matches_reference_generate(converted_tiny, variant, media, voice, t2w_type):
     text = {"text": "Tell me a story.", "image": "Describe the picture.", "audio": "What did you hear?"}[media]
     model, proc = _load(variant)
     ref = _generate(model, _inputs(proc, media, text), voice)
 
-    folder = converted_tiny(variant, "f32")
+    folder = converted_tiny(variant, "f32", token2wav_type=t2w_type)
     kw = {"images": [_image()]} if media == "image" else {"audio": [(_audio(), 16000)]} if media == "audio" else {}
     with po.Omni.load_sync(folder, n_threads=1, kv_f32=True) as omni:
         chat = omni.chat(speech=True, voice=voice, speech_preset="reference", speech_streaming="exact",
                          speech_options=po.SpeechOptions(temperature=0.0, max_codes=CODES, seed=SEED),
                          max_tokens=REPLY_TOKENS)
-        _compare(chat, chat.send_sync(text, **kw), ref, f"{variant}-{media}")
+        _compare(chat, chat.send_sync(text, **kw), ref, f"{variant}-{media} token2wav {t2w_type}")
         if media != "text":
             return
         # A second turn: the talker reads the whole conversation (the first reply's hidden states too).
@@ -130,7 +132,7 @@ def test_spoken_turn_matches_reference_generate(converted_tiny, variant, media, 
         ids2 = chat.tokens[: n0 + events[-1].usage.prompt_tokens]
         inp = torch.tensor([ids2])
         ref2 = _generate(model, {"input_ids": inp, "attention_mask": torch.ones_like(inp)}, voice)
-        _compare(chat, events, ref2, f"{variant}-{media} turn 2")
+        _compare(chat, events, ref2, f"{variant}-{media} token2wav {t2w_type} turn 2")
 
 
 def _compare(chat, events, ref, name: str) -> None:

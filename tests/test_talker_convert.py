@@ -30,17 +30,18 @@ torch.set_num_threads(1)
 FTYPES = {"f32": 0, "f16": 1, "bf16": 32}
 
 
-def convert_speech(ckpt_dir: Path, out: Path, mode: str = "f32") -> tuple[Path, Path]:
-    """Write talker-<mode>.gguf and token2wav.gguf for a checkpoint folder; returns their paths."""
+def convert_speech(ckpt_dir: Path, out: Path, mode: str = "f32", t2w_type: str = "f32") -> tuple[Path, Path]:
+    """Write talker-<mode>.gguf and token2wav.gguf (`t2w_type` weights) for a checkpoint folder; returns
+    their paths."""
     ck = open_checkpoint(ckpt_dir, need_speech=True)
     check_shapes(ck, talker_expected(ck))
     out.mkdir(parents=True, exist_ok=True)
-    talker, t2w = out / f"talker-{mode}.gguf", out / "token2wav.gguf"
+    talker, t2w = out / f"talker-{mode}.gguf", out / f"token2wav-{t2w_type}.gguf"
     with MappedFiles() as files:
         write_gguf(
             talker, talker_plan(ck, files, mode, FTYPES[mode], {"name": "talker", "component": "talker"})
         )
-        write_gguf(t2w, token2wav_plan(ck, files, {"name": "token2wav", "component": "token2wav"}))
+        write_gguf(t2w, token2wav_plan(ck, files, {"name": "token2wav", "component": "token2wav"}, wtype=t2w_type))
     return talker, t2w
 
 
@@ -78,6 +79,66 @@ def converted(request, tmp_path_factory):
     ckpt = build_checkpoint(request.param)
     talker, t2w = convert_speech(ckpt, tmp_path_factory.mktemp(f"speech-{request.param}"))
     return ckpt, talker, t2w
+
+
+@pytest.fixture(scope="module", params=["base", "talker3b"])
+def converted_f16(request, tmp_path_factory):
+    from omni_fixtures import build_checkpoint
+
+    ckpt = build_checkpoint(request.param)
+    _, t2w = convert_speech(ckpt, tmp_path_factory.mktemp(f"speech16-{request.param}"), t2w_type="f16")
+    return ckpt, t2w
+
+
+def test_token2wav_f16_file_holds_weights_rounded_to_f16(converted_f16):
+    """`--token2wav-type f16`: every matrix/kernel is the HF weight rounded to float16 (round to nearest
+    even, numpy's cast), read back as a float16 view; vectors, speakers and the talker projection stay
+    exact float32."""
+    from pocketomni.gguf_file import GGUFFile
+
+    ckpt, t2w = converted_f16
+    ref = hf_tensors(ckpt, "token2wav.")
+    w = load_token2wav(t2w)
+    assert set(w.weights) == set(ref)
+    n16 = 0
+    for k, v in ref.items():
+        got = w.weights[k]
+        if v.ndim >= 2:
+            assert got.dtype == np.float16 and isinstance(got, np.memmap), k  # used in place, not copied
+            np.testing.assert_array_equal(got, v.astype(np.float16), err_msg=k)
+            n16 += got.size
+        else:
+            assert got.dtype == np.float32, k
+            np.testing.assert_array_equal(got, v, err_msg=k)
+    assert n16 > 0.99 * sum(v.size for v in ref.values())
+    proj = hf_tensors(ckpt, "talker.thinker_to_talker_proj.")
+    assert w.proj_weight.dtype == np.float32
+    np.testing.assert_array_equal(w.proj_weight, proj["talker.thinker_to_talker_proj.weight"])
+    for name, s in read_speakers(ckpt / "spk_dict.pt").items():
+        assert w.speakers[name].cond.dtype == w.speakers[name].ref_mel.dtype == np.float32
+        np.testing.assert_array_equal(w.speakers[name].ref_mel, s["ref_mel"])
+    assert read_metadata(t2w)["general.file_type"] == 1  # MOSTLY_F16
+    g = GGUFFile.open(t2w)
+    assert g.tensor("bigvgan.conv_pre.weight").ggml_type == 1 and g.tensor("bigvgan.conv_pre.bias").ggml_type == 0
+
+
+def test_token2wav_f16_refuses_values_beyond_its_range(tmp_path, monkeypatch):
+    """A weight float16 cannot hold (|x| > 65504) fails the f16 conversion with a typed error naming the
+    tensor and the f32 way out, instead of writing an infinity."""
+    from omni_fixtures import build_checkpoint
+
+    import pocketomni.convert.token2wav as t2w_mod
+    from pocketomni.errors import ConversionError
+
+    real = t2w_mod.iter_rows_f32
+
+    def scaled(files, info):
+        for block in real(files, info):
+            yield block * 1e6 if info.name.endswith("proj_out.weight") else block
+
+    monkeypatch.setattr(t2w_mod, "iter_rows_f32", scaled)
+    with pytest.raises(ConversionError, match=r"proj_out\.weight.*--token2wav-type f32"):
+        convert_speech(build_checkpoint("base"), tmp_path, t2w_type="f16")
 
 
 def test_token2wav_file_holds_every_weight_speakers_and_ids(converted):

@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pocketomni.engine.weights import load_token2wav
 from pocketomni.mapped_pages import release_file_pages
-from pocketomni.token2wav import Preset, Token2Wav
+from pocketomni.token2wav import Preset, Token2Wav, layers
 
 
 def resident_bytes(path: Path) -> int:
@@ -40,8 +41,12 @@ def test_release_file_pages(tmp_path: Path) -> None:
     assert release_file_pages(np.array(data[:4096])) == 0  # an ordinary array: nothing to release
 
 
-def test_token2wav_audio_unchanged_after_release(converted_tiny) -> None:
-    path = Path(converted_tiny("base", "f32")) / "token2wav-f32.gguf"
+@pytest.mark.parametrize("wtype", ["f32", "f16"])
+def test_token2wav_audio_unchanged_after_release(converted_tiny, monkeypatch, wtype: str) -> None:
+    # float16: every matrix kept as a view of the file as at full size (the tiny ones would be
+    # converted to float32 once, leaving no file pages to release)
+    monkeypatch.setattr(layers, "SMALL", 0)
+    path = Path(converted_tiny("base", "f32", token2wav_type=wtype)) / f"token2wav-{wtype}.gguf"
     fresh = load_token2wav(path)
     a = Token2Wav.from_weights(fresh.weights, fresh.config)
     b_w = load_token2wav(path)

@@ -13,6 +13,7 @@ from pocketomni.convert.pipeline import (
     THINKER_QUANTS,
     convert_checkpoint,
 )
+from pocketomni.convert.token2wav import DEFAULT_TOKEN2WAV_TYPE, TOKEN2WAV_TYPES
 
 
 def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -37,6 +38,9 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
                         f"(default {DEFAULT_MMPROJ_QUANT})")
     p.add_argument("--talker-quant", default=None,
                    help=f"talker type: {', '.join(THINKER_QUANTS)} (default: same as --quant)")
+    p.add_argument("--token2wav-type", default=DEFAULT_TOKEN2WAV_TYPE, choices=TOKEN2WAV_TYPES,
+                   help=f"token2wav weight matrices (DiT, BigVGAN): {', '.join(TOKEN2WAV_TYPES)} "
+                        f"(default {DEFAULT_TOKEN2WAV_TYPE}, half the memory; computed in float32 either way)")
     p.add_argument("--no-speech", action="store_true",
                    help="skip the talker and token2wav files (text output only; spk_dict.pt not needed)")
     p.add_argument("--threads", type=int, default=None,
@@ -54,6 +58,7 @@ def run_convert(args: argparse.Namespace) -> int:
         args.hf_dir, args.out_dir, quant=args.quant, mmproj_quant=args.mmproj_quant,
         progress=not args.no_progress, threads=args.threads,
         speech=not args.no_speech, talker_quant=args.talker_quant, force=args.force,
+        token2wav_type=args.token2wav_type,
     )
     if res.removed:
         print(f"removed: {', '.join(res.removed)} (left by an interrupted or replaced conversion)", file=sys.stderr)

@@ -27,7 +27,7 @@ from pocketomni.convert.quantize import LLAMA_QUANT_TYPES, llama_quantize
 from pocketomni.convert.safetensors import MappedFiles
 from pocketomni.convert.talker import talker_expected, talker_plan
 from pocketomni.convert.thinker import DIRECT_TYPES, thinker_names, thinker_plan
-from pocketomni.convert.token2wav import token2wav_plan
+from pocketomni.convert.token2wav import DEFAULT_TOKEN2WAV_TYPE, check_token2wav_type, token2wav_plan
 from pocketomni.convert.tokenizer import load_tokenizer
 from pocketomni.convert.writer import GGUFPlan, write_gguf
 from pocketomni.engine import manifest as mf
@@ -152,12 +152,14 @@ def convert_checkpoint(
     speech: bool = True,
     talker_quant: str | None = None,
     force: bool = False,
+    token2wav_type: str = DEFAULT_TOKEN2WAV_TYPE,
 ) -> ConversionResult:
     """Convert a Hugging Face Qwen2.5-Omni checkpoint into a PocketOmni model folder.
 
     Writes `thinker-<quant>.gguf`, `mmproj-<mmproj_quant>.gguf` and `pocketomni.json` into `out_dir`;
     with `speech` (the default) also `talker-<talker_quant>.gguf` (talker_quant defaults to quant) and
-    `token2wav-f32.gguf` (DiT, ECAPA, BigVGAN, speakers and the thinker->talker projection).
+    `token2wav-<token2wav_type>.gguf` (DiT, ECAPA, BigVGAN, speakers and the thinker->talker projection;
+    token2wav_type "f16", the default, stores the network's matrices as float16, "f32" as float32).
     Raises ConversionError, before writing anything, when the checkpoint is not Qwen2.5-Omni, files or
     tensors are missing, shapes disagree with config.json, a quant type is unknown, or space is short.
     An OUT_DIR that already holds a model is replaced only with `force` (then the previous conversion's
@@ -167,6 +169,7 @@ def convert_checkpoint(
     quant = check_quant("--quant", quant, THINKER_QUANTS)
     mmproj_quant = check_quant("--mmproj-quant", mmproj_quant, MMPROJ_QUANTS)
     talker_quant = check_quant("--talker-quant", talker_quant or quant, THINKER_QUANTS)
+    t2w_type = check_token2wav_type(token2wav_type)
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ConversionError(f"{out} exists and is not a folder. Choose a folder for OUT_DIR.")
@@ -199,8 +202,8 @@ def convert_checkpoint(
             _Job("talker", f"talker-{talker_quant}.gguf", talker_quant,
                  lambda files: talker_plan(ckpt, files, talker_mode, talker_ftype, meta("talker")),
                  llama_quant=talker_quant if talker_quant in LLAMA_QUANT_TYPES else None),
-            _Job("token2wav", "token2wav-f32.gguf", "f32",
-                 lambda files: token2wav_plan(ckpt, files, meta("token2wav"))),
+            _Job("token2wav", f"token2wav-{t2w_type}.gguf", t2w_type,
+                 lambda files: token2wav_plan(ckpt, files, meta("token2wav"), wtype=t2w_type)),
         ]
     with MappedFiles() as files:
         plans = [job.plan(files) for job in jobs]  # builds specs only; raises config errors early

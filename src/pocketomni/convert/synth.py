@@ -52,7 +52,12 @@ from pocketomni.convert.synth_shapes import (
 )
 from pocketomni.convert.talker import talker_expected, talker_names, talker_plan
 from pocketomni.convert.thinker import DIRECT_TYPES, thinker_names, thinker_plan
-from pocketomni.convert.token2wav import token2wav_plan
+from pocketomni.convert.token2wav import (
+    DEFAULT_TOKEN2WAV_TYPE,
+    TOKEN2WAV_TYPES,
+    check_token2wav_type,
+    token2wav_plan,
+)
 from pocketomni.convert.tokenizer import load_tokenizer
 from pocketomni.convert.writer import GGUFPlan
 from pocketomni.engine import manifest as mf
@@ -264,12 +269,13 @@ def synth_model(
     threads: int | None = None,
     speech: bool = True,
     talker_quant: str | None = None,
+    token2wav_type: str = DEFAULT_TOKEN2WAV_TYPE,
 ) -> ConversionResult:
     """Write a synthetic model folder for `preset` ("tiny", "3b", "7b"), like `convert_checkpoint` would.
 
     Files: thinker-<quant>.gguf, mmproj-<mmproj_quant>.gguf, talker-<talker_quant>.gguf (default:
     `default_talker_quant`: q4_0 at 3B for a quantized thinker, else quant),
-    token2wav-f32.gguf and pocketomni.json (its source records the preset and seed). Same seed, same files.
+    token2wav-<token2wav_type>.gguf and pocketomni.json (its source records the preset and seed). Same seed, same files.
     """
     t0 = time.perf_counter()
     if preset not in PRESETS:
@@ -277,6 +283,7 @@ def synth_model(
     quant = check_quant("--quant", quant, THINKER_QUANTS)
     mmproj_quant = check_quant("--mmproj-quant", mmproj_quant, MMPROJ_QUANTS)
     talker_quant = check_quant("--talker-quant", talker_quant or default_talker_quant(preset, quant), THINKER_QUANTS)
+    t2w_type = check_token2wav_type(token2wav_type)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ConversionError(f"--seed {seed!r} must be a non-negative integer.")
     out = Path(out_dir).expanduser()
@@ -313,8 +320,8 @@ def synth_model(
             _Job("talker", f"talker-{talker_quant}.gguf", talker_quant,
                  talker_plan(ckpt, files, tmode, DIRECT_TYPES.get(talker_quant, 32), meta("talker")),
                  talker_quant if talker_quant in LLAMA_QUANT_TYPES else None),
-            _Job("token2wav", "token2wav-f32.gguf", "f32",
-                 token2wav_plan(ckpt, files, meta("token2wav"), speakers=synthetic_speakers(seed))),
+            _Job("token2wav", f"token2wav-{t2w_type}.gguf", t2w_type,
+                 token2wav_plan(ckpt, files, meta("token2wav"), speakers=synthetic_speakers(seed), wtype=t2w_type)),
         ]
     return write_folder(out, [(j, j.plan) for j in jobs], version=version, source=source, progress=progress,
                         threads=threads, verb="generating", t0=t0, force=True,
@@ -347,6 +354,9 @@ def add_synth_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--talker-quant", default=None,
                    help=f"talker type: {', '.join(THINKER_QUANTS)} (default: q4_0 at 3B when --quant is "
                         "a quantized type, else the same as --quant)")
+    p.add_argument("--token2wav-type", default=DEFAULT_TOKEN2WAV_TYPE, choices=TOKEN2WAV_TYPES,
+                   help=f"token2wav weight matrices: {', '.join(TOKEN2WAV_TYPES)} (default {DEFAULT_TOKEN2WAV_TYPE}; "
+                        "computed in float32 either way)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, identical files; default 0)")
     p.add_argument("--no-speech", action="store_true", help="skip the talker and token2wav files")
     p.add_argument("--threads", type=int, default=None, help="threads for llama.cpp quantization")
@@ -359,7 +369,8 @@ def run_synth(args: argparse.Namespace) -> int:
     """Run `pocketomni synth` from parsed arguments."""
     res = synth_model(args.preset, args.out_dir, quant=args.quant, mmproj_quant=args.mmproj_quant,
                       seed=args.seed, progress=not args.no_progress, threads=args.threads,
-                      speech=not args.no_speech, talker_quant=args.talker_quant)
+                      speech=not args.no_speech, talker_quant=args.talker_quant,
+                      token2wav_type=args.token2wav_type)
     for component, path in res.files.items():
         print(f"{component}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     print(f"manifest: {res.out_dir / mf.MANIFEST}  ({res.seconds:.1f} s; random weights, for benchmarks)")

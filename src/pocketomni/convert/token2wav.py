@@ -1,17 +1,19 @@
 """The token2wav GGUF: everything speech needs besides the talker decoder, read by our numpy code.
 
-Contents (all float32, whatever the thinker's quantization):
+Contents (whatever the thinker's quantization):
 - every `token2wav.*` tensor of the checkpoint (DiT, its ECAPA speaker encoder, BigVGAN) under a short
-  name (`pocketomni.engine.weights.hf_to_gguf_name`: `dit.`, `ecapa.`, `bigvgan.` prefixes);
+  name (`pocketomni.engine.weights.hf_to_gguf_name`: `dit.`, `ecapa.`, `bigvgan.` prefixes): matrices
+  and kernels (2 or more dims) as float16 by default (`wtype="f32"`: float32), vectors as float32;
 - the speaker table of spk_dict.pt: tensors `speaker.<i>.cond`, `speaker.<i>.ref_mel`, names and thinker
   bos token ids as metadata arrays;
-- the talker's input projection `talker.proj.weight` / `.bias` (thinker width -> talker width);
+- the talker's input projection `talker.proj.weight` / `.bias` (thinker width -> talker width), float32;
 - the token ids of the talker feed and the HF token2wav / talker configs as JSON metadata.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,9 @@ from pocketomni.engine.weights import (
 from pocketomni.errors import ConversionError
 
 PREFIX = "token2wav."
+TOKEN2WAV_TYPES = ("f16", "f32")
+DEFAULT_TOKEN2WAV_TYPE = "f16"
+F16_MAX = 65504.0  # the largest finite float16
 SPEAKER_FILE = "spk_dict.pt"
 # TalkerIds field -> talker_config key.
 ID_CONFIG = {
@@ -111,6 +116,33 @@ def _f32(files: MappedFiles, ckpt: Checkpoint, hf: str, name: str) -> TensorSpec
     return TensorSpec(name, info.shape, QT.F32, lambda: iter_rows_f32(files, info))
 
 
+def _weight(files: MappedFiles, ckpt: Checkpoint, hf: str, name: str, wtype: str) -> TensorSpec:
+    """A DiT/ECAPA/BigVGAN tensor: float16 for matrices and kernels when `wtype` is f16 (checked to fit
+    its range), float32 otherwise."""
+    info = ckpt.tensors[hf]
+    if wtype == "f32" or len(info.shape) < 2:
+        return _f32(files, ckpt, hf, name)
+
+    def rows() -> Iterator[np.ndarray]:
+        for block in iter_rows_f32(files, info):
+            if block.size and not np.abs(block).max() <= F16_MAX:
+                raise ConversionError(
+                    f"{hf} holds values beyond float16's range (|x| > {F16_MAX:g} or not finite); "
+                    "convert with --token2wav-type f32."
+                )
+            yield block
+
+    return TensorSpec(name, info.shape, QT.F16, rows)
+
+
+def check_token2wav_type(wtype: str) -> str:
+    """The token2wav storage type, lower-cased; ConversionError for anything but f16 / f32."""
+    t = str(wtype).lower()
+    if t not in TOKEN2WAV_TYPES:
+        raise ConversionError(f"--token2wav-type {wtype!r} is not one of {', '.join(TOKEN2WAV_TYPES)}.")
+    return t
+
+
 def _array(name: str, value: np.ndarray) -> TensorSpec:
     arr = np.ascontiguousarray(value, dtype=np.float32)
     return TensorSpec(name, arr.shape, QT.F32, one_block(lambda: arr))
@@ -121,8 +153,11 @@ def token2wav_plan(
     files: MappedFiles,
     meta: dict[str, str],
     speakers: dict[str, dict[str, Any]] | None = None,
+    wtype: str = DEFAULT_TOKEN2WAV_TYPE,
 ) -> GGUFPlan:
-    """The token2wav GGUF plan (float32 throughout). `speakers` defaults to the checkpoint's spk_dict.pt."""
+    """The token2wav GGUF plan: network matrices as `wtype` ("f16" or "f32"), everything else float32.
+    `speakers` defaults to the checkpoint's spk_dict.pt."""
+    wtype = check_token2wav_type(wtype)
     names = token2wav_names(ckpt)
     ids = talker_ids(ckpt)
     spk = load_speakers(ckpt) if speakers is None else speakers
@@ -130,7 +165,7 @@ def token2wav_plan(
         raise ConversionError(f"{ckpt.path / SPEAKER_FILE} holds no speakers.")
     for hf in (PROJ_W, PROJ_B):
         ckpt.require(hf)
-    tensors = [_f32(files, ckpt, hf, short) for hf, short in names.items()]
+    tensors = [_weight(files, ckpt, hf, short, wtype) for hf, short in names.items()]
     tensors += [_f32(files, ckpt, PROJ_W, PROJ_WEIGHT), _f32(files, ckpt, PROJ_B, PROJ_BIAS)]
     order = list(spk)
     for i, name in enumerate(order):
@@ -141,7 +176,7 @@ def token2wav_plan(
 
     def kv(w: gguf.GGUFWriter) -> None:
         w.add_name(meta.get("name", "Qwen2.5-Omni token2wav"))
-        w.add_file_type(gguf.LlamaFileType.ALL_F32)
+        w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if wtype == "f16" else gguf.LlamaFileType.ALL_F32)
         w.add_string(KEY_T2W_CONFIG, t2w_cfg)
         w.add_string(KEY_TALKER_CONFIG, tk_cfg)
         w.add_array(KEY_SPEAKERS, order)

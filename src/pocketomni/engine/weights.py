@@ -1,11 +1,13 @@
 """Read GGUF tensors and metadata into numpy, and the token2wav GGUF as one typed bundle.
 
-The token2wav GGUF (written by `pocketomni convert`) holds float32 weights under short names derived
+The token2wav GGUF (written by `pocketomni convert`) holds float16 (or, with `--token2wav-type f32`,
+float32) weight matrices and float32 vectors under short names derived
 from the Hugging Face ones (`token2wav.code2wav_dit_model.` -> `dit.`, its speaker encoder
 `...input_embed.spk_encoder.` -> `ecapa.`, `token2wav.code2wav_bigvgan_model.` -> `bigvgan.`), the
 speaker table, the talker's input projection and the ids the talker feed needs. Read with the
-defensive header reader (gguf_file.py) and numpy; the file is memory-mapped and float32
-tensors are used in place (`load_token2wav`).
+defensive header reader (gguf_file.py) and numpy; the file is memory-mapped and float32 and float16
+tensors are used in place (`load_token2wav`; token2wav converts a float16 matrix to float32 right
+before each product, so the model is never held in float32 as a whole).
 """
 
 from __future__ import annotations
@@ -70,11 +72,13 @@ def speaker_tensor_names(i: int) -> tuple[str, str]:
 
 
 def _tensors(g: GGUFFile, copy: bool = True) -> dict[str, np.ndarray]:
-    """float32 tensors; `copy=False` returns float32 ones as read-only views of the file's memory map."""
+    """float32 tensors; `copy=False` returns float32 and float16 ones as they are stored (read-only views
+    of the file's memory map), other types converted to float32."""
     out: dict[str, np.ndarray] = {}
     for name in g.tensors:
         arr = g.read_array(name)
-        out[name] = np.array(arr, dtype=np.float32) if copy or arr.dtype != np.float32 else arr
+        in_place = not copy and arr.dtype in (np.float32, np.float16)
+        out[name] = arr if in_place else np.array(arr, dtype=np.float32)
     return out
 
 
@@ -137,8 +141,9 @@ class Token2WavWeights:
 def load_token2wav(path: str | os.PathLike[str]) -> Token2WavWeights:
     """Read a token2wav GGUF written by `pocketomni convert`.
 
-    float32 tensors are read-only views of the file's memory map, not copies: their pages are clean
-    file pages (shared, reclaimable), and loading never holds the weights twice."""
+    float32 and float16 tensors are read-only views of the file's memory map, not copies (float16 ones
+    stay float16): their pages are clean file pages (shared, reclaimable), and loading never holds the
+    weights twice. Speaker tables and the talker projection are float32 in files this converter writes."""
     g = GGUFFile.open(path)
     meta = g.metadata
     if meta.get("general.architecture") != TOKEN2WAV_ARCH:

@@ -1,8 +1,10 @@
-"""BigVGAN vocoder (80-bin mel at 100 Hz -> 24 kHz waveform), numpy float32, streamable.
+"""BigVGAN vocoder (80-bin mel at 100 Hz -> 24 kHz waveform), numpy float32 compute, streamable.
 
 Weights are keyed by HF names relative to `token2wav.code2wav_bigvgan_model.`. The network is built
 from the push-based nodes of `stream1d`, so feeding mel frames chunk by chunk yields exactly the
 one-shot waveform (no seams, no recomputed context); output lags the input by the receptive field.
+Kernels may be stored float16; each is converted to float32 right before its product (the vocoder
+computes in float32 throughout: float16 compute collapses BigVGAN, as MNN found).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 
 from pocketomni.errors import ModelFileError
 from pocketomni.token2wav.config import BigVGANConfig
+from pocketomni.token2wav.half import dense
 from pocketomni.token2wav.layers import F32, BlockFIR, Conv1d, kaiser_sinc_filter, take
 from pocketomni.token2wav.stream1d import Chain, Map, Mean, Node, Residual, Windowed
 
@@ -53,7 +56,7 @@ class _TConv:
         self.c_in, self.c_out, self.s = c_in, c_out, stride
         self.left, self.right, tap = _polyphase(k, stride, padding)
         span = tap.shape[1]
-        P = np.zeros((stride, c_out, span, c_in), F32)
+        P = np.zeros((stride, c_out, span, c_in), weight.dtype)  # the stored type (float16 stays float16)
         for q in range(stride):
             for w in range(span):
                 if tap[q, w] >= 0:
@@ -67,7 +70,7 @@ class _TConv:
             cols = np.empty((self.span, self.c_in, g), F32)
             for w in range(self.span):
                 cols[w] = buf[:, w : w + g]
-            y = (self.P @ cols.reshape(self.span * self.c_in, g)).reshape(self.s, self.c_out, g)
+            y = (dense(self.P) @ cols.reshape(self.span * self.c_in, g)).reshape(self.s, self.c_out, g)
             return _interleave(y, self.s) + self.bias
 
         return Windowed(self.c_in, self.c_out, self.left, self.right, self.span, 1, fn)

@@ -1,10 +1,11 @@
-"""Token2wav DiT (codes + noisy mel + time -> mel velocity), numpy float32.
+"""Token2wav DiT (codes + noisy mel + time -> mel velocity), numpy float32 compute.
 
 Weights are keyed by HF names relative to `token2wav.code2wav_dit_model.`. Attention is block-sparse:
 frames are cut in blocks of `block_size`; every layer sees its own block, plus the previous block in the
 `look_backward_layers` and the next one in the `look_ahead_layers`. Only head 0 gets (interleaved) RoPE,
 as in the trained checkpoint. All ops are per frame except attention, so any window that starts on a
 block boundary and holds the receptive field of the frames it keeps gives exactly the full-sequence result.
+Big matrices may be float16 (as stored); each is converted to float32 right before its product.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pocketomni.errors import OptionsError
 from pocketomni.mapped_pages import release_file_pages
 from pocketomni.token2wav.config import DiTConfig
 from pocketomni.token2wav.ecapa import Ecapa
+from pocketomni.token2wav.half import to_f32
 from pocketomni.token2wav.layers import F32, gelu_tanh, layer_norm, linear, silu, softmax, sub, take
 from pocketomni.token2wav.stop import check_stop
 
@@ -95,8 +97,8 @@ class DiT:
             raise OptionsError(f"speaker cond has {cond.shape[0]} values, expected {self.cfg.enc_emb_dim}.")
         e = self.ecapa.embed(ref_mel)
         e0 = self.ecapa.embed(np.zeros_like(ref_mel))
-        c = self.proj_b + self.w_ecapa @ e + self.w_spk @ cond
-        u = self.proj_b + self.w_ecapa @ e0 + self.w_code @ self.codec[0]
+        c = self.proj_b + linear(e, self.w_ecapa) + linear(cond, self.w_spk)
+        u = self.proj_b + linear(e0, self.w_ecapa) + linear(to_f32(self.codec[0]), self.w_code)
         return SpeakerCond(cond=c.astype(F32), uncond=u.astype(F32), ecapa=e)
 
     def code_features(self, codes: np.ndarray) -> np.ndarray:
@@ -106,7 +108,7 @@ class DiT:
             raise OptionsError(
                 f"codec codes must lie in [0, {self.cfg.num_embeds}]; got {codes.min()}..{codes.max()}."
             )
-        return self.codec[codes.astype(np.int64)] @ self.w_code.T
+        return linear(to_f32(self.codec[codes.astype(np.int64)]), self.w_code)
 
     def _time(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """Per-layer AdaLN modulations (L, 6, h) and final (2, h) for time t (cached)."""
@@ -182,7 +184,7 @@ class DiT:
     def embed_input(self, x: np.ndarray, code_feat: np.ndarray, spk: SpeakerCond, guidance: float) -> np.ndarray:
         """The first layer's input (batch, T, hidden) for noisy mel rows x and their code features;
         batch 2 (conditional, unconditional) with guidance >= 1e-5, else 1."""
-        xw = x.astype(F32) @ self.w_x.T
+        xw = linear(x.astype(F32), self.w_x)
         if guidance >= 1e-5:
             return np.stack([xw + code_feat + spk.cond, xw + spk.uncond])
         return (xw + code_feat + spk.cond)[None]

@@ -1,4 +1,9 @@
-"""Shared float32 numpy ops for token2wav (no torch). Arrays are float32 unless noted."""
+"""Shared float32 numpy ops for token2wav (no torch). Arrays are float32 unless noted.
+
+Weights come float32 or float16 (as the GGUF stores them, both used in place); `take` keeps big
+float16 matrices as they are and every product converts them to float32 right before use
+(`half.dense`), so the model is never held in float32 as a whole.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,21 @@ from collections.abc import Mapping
 import numpy as np
 
 from pocketomni.errors import ModelFileError
+from pocketomni.token2wav.half import F16, dense, to_f32
 
 F32 = np.float32
+SMALL = 1 << 16  # float16 tensors up to this many values are converted once and kept as float32
 
 
 def take(weights: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Fetch one tensor as contiguous float32, checking its shape."""
+    """Fetch one contiguous tensor, checking its shape: float32 for float32 and small tensors, the
+    stored float16 (no copy) for big float16 ones (convert with `half.dense` at use)."""
     if name not in weights:
         raise ModelFileError(
             f"token2wav weights lack '{name}'; re-run `pocketomni convert` on the HF checkpoint."
         )
-    arr = np.ascontiguousarray(np.asarray(weights[name], dtype=F32))
+    arr = np.asarray(weights[name])
+    arr = np.ascontiguousarray(arr if arr.dtype == F16 and arr.size > SMALL else to_f32(arr))
     if shape is not None and tuple(arr.shape) != tuple(shape):
         raise ModelFileError(
             f"token2wav tensor '{name}' has shape {tuple(arr.shape)}, expected {tuple(shape)}; "
@@ -34,8 +43,8 @@ def sub(weights: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]
 
 
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """x @ w.T + b over the last axis (w in torch (out, in) layout)."""
-    y = x @ w.T
+    """x @ w.T + b over the last axis (w in torch (out, in) layout, float32 or float16)."""
+    y = x @ dense(w).T
     if b is not None:
         y += b
     return y
@@ -83,8 +92,9 @@ class Conv1d:
         # Few input channels: one product per tap is faster; many: one product over stacked taps, with
         # columns ordered (channel, tap) so the stored (out, in, k) weight serves as is (no copy).
         self.im2col = self.c_in >= 128 and self.k > 1
+        # The stored type is kept (float16 is converted per product).
         if self.im2col:
-            self.w = np.ascontiguousarray(weight, dtype=F32).reshape(self.c_out, self.c_in * self.k)
+            self.w = np.ascontiguousarray(weight).reshape(self.c_out, self.c_in * self.k)
         else:
             self.w = np.ascontiguousarray(weight.transpose(2, 0, 1))  # (k, out, in)
 
@@ -97,13 +107,14 @@ class Conv1d:
             cols = np.empty((self.c_in, self.k, n), F32)
             for t in range(self.k):
                 cols[:, t] = x[:, t * d : t * d + n]
-            y = self.w @ cols.reshape(self.c_in * self.k, n)
+            y = dense(self.w) @ cols.reshape(self.c_in * self.k, n)
         else:
-            y = self.w[0] @ x[:, :n]
+            w = dense(self.w)
+            y = w[0] @ x[:, :n]
             if self.k > 1:
                 tmp = np.empty_like(y)
                 for t in range(1, self.k):
-                    np.matmul(self.w[t], x[:, t * d : t * d + n], out=tmp)
+                    np.matmul(w[t], x[:, t * d : t * d + n], out=tmp)
                     y += tmp
         if self.bias is not None:
             y += self.bias
