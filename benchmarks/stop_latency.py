@@ -55,14 +55,14 @@ class Probe:
 
 def run_case(folder: Path, stage: str, how: str, pipelined: bool | None) -> float:
     """Seconds from the stop call to the turn's end (cancel) or to close() returning (close)."""
-    omni = po.Omni.load_sync(folder, n_threads=1)
+    omni = po.Omni.load_sync(folder, n_threads=1, n_ctx=16384)  # room for a 240 s clip (6000 tokens)
     speech = stage == "speech"
     opts = po.SpeechOptions(temperature=0.0, max_codes=4000, seed=1, pipelined=pipelined) if speech else None
     chat = omni.chat(speech=speech, speech_options=opts, max_tokens=4000) if speech else omni.chat(max_tokens=4000)
     kwargs: dict[str, Any] = {}
     if stage == "audio encode":
         probe = Probe(AudioEncoder, "_encode_group")
-        kwargs["audio"] = [(np.random.default_rng(0).standard_normal(16000 * 600).astype(np.float32) * 0.1, 16000)]
+        kwargs["audio"] = [(np.random.default_rng(0).standard_normal(16000 * 240).astype(np.float32) * 0.1, 16000)]
     elif stage == "prefill":
         probe = Probe(LlamaContext, "decode")
         kwargs["text"] = "word " * 3000
@@ -83,7 +83,11 @@ def run_case(folder: Path, stage: str, how: str, pipelined: bool | None) -> floa
 
     worker = threading.Thread(target=turn, daemon=True)
     worker.start()
-    probe.entered.wait(600)
+    while not probe.entered.wait(0.05):
+        if done.is_set():  # the turn ended (an error) before the stage began
+            probe.restore()
+            omni.close()
+            raise RuntimeError(f"the {stage} case ended before its stage began")
     if stage in ("text decode", "speech"):
         time.sleep(1.0)  # well into the stage
     t0 = time.perf_counter()
