@@ -453,8 +453,8 @@ def test_logits_processors_shape_the_reply(omni) -> None:
 
 
 def test_cancel_reaches_inside_a_long_audio_encode(omni, monkeypatch) -> None:
-    """Cancelling while a long clip is being encoded stops at the next window group of the audio tower
-    (not after the whole clip); the turn never happened and the chat goes on."""
+    """Cancelling while a long clip is being encoded stops at the audio tower's next layer (not after
+    the window group, or the whole clip); the turn never happened and the chat goes on."""
     from pocketomni.audio.tower import AudioEncoder
 
     calls: list[int] = []
@@ -469,10 +469,20 @@ def test_cancel_reaches_inside_a_long_audio_encode(omni, monkeypatch) -> None:
                 chat.cancel()  # from inside the first group: the next check must stop the encode
             return real(self, *args)
 
+        layers: list[int] = []
+        real_layer = AudioEncoder._layer
+
+        def layer(self, *args):
+            layers.append(1)
+            return real_layer(self, *args)
+
         monkeypatch.setattr(AudioEncoder, "_encode_group", group)
+        monkeypatch.setattr(AudioEncoder, "_layer", layer)
         clip = (_audio(150.0), 16000)  # several window groups on the tiny tower
         events = list(chat.send_sync("Listen.", audio=[clip]))
         assert len(calls) == 1, f"{len(calls)} window groups encoded after the cancel"
+        assert layers == [], f"{len(layers)} encoder layers ran after the cancel"  # checked between layers too
+        monkeypatch.setattr(AudioEncoder, "_layer", real_layer)
         assert events[-1].finish_reason == "cancelled" and chat.messages == before
         monkeypatch.setattr(AudioEncoder, "_encode_group", real)
         assert _run(chat, "again").finish_reason == "length"

@@ -332,7 +332,8 @@ class AudioEncoder:
             g = min(per, n_full - g0)
             yield g0 * wf, g, tail if g0 + g == n_full else 0
 
-    def _encode_group(self, mel: np.ndarray, start: int, n_full: int, tail: int) -> np.ndarray:
+    def _encode_group(self, mel: np.ndarray, start: int, n_full: int, tail: int,
+                      should_stop: Callable[[], bool] | None = None) -> np.ndarray:
         wf, nw = self.config.window_frames, self.config.n_window
         parts, spans, row = [], [], 0
         if n_full:
@@ -347,6 +348,8 @@ class AudioEncoder:
             spans.append((row, row + y.shape[0], y.shape[0]))
         x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         for i in range(self.config.encoder_layers):
+            if should_stop is not None and should_stop():  # a group is seconds of work at full size
+                raise EncodingStopped
             x = self._layer(i, x, spans)
         pairs = x.shape[0] // 2
         x = x[: 2 * pairs].reshape(pairs, 2, -1).mean(axis=1, dtype=np.float32)
@@ -363,7 +366,8 @@ class AudioEncoder:
 
     def encode(self, mel: np.ndarray, should_stop: Callable[[], bool] | None = None) -> np.ndarray:
         """(num_mel_bins, L) log-mel of one clip -> (n_tokens(L), output_dim) float32 embeddings.
-        `should_stop` is checked between window groups: EncodingStopped when it returns True."""
+        `should_stop` is checked between window groups and between a group's layers: EncodingStopped
+        when it returns True."""
         cfg = self.config
         mel = np.asarray(mel)
         if mel.ndim != 2 or mel.shape[0] != cfg.num_mel_bins:
@@ -380,7 +384,7 @@ class AudioEncoder:
         for start, n_full, tail in self._groups(mel.shape[1]):
             if should_stop is not None and should_stop():
                 raise EncodingStopped
-            y = self._encode_group(mel, start, n_full, tail)
+            y = self._encode_group(mel, start, n_full, tail, should_stop)
             out[at : at + y.shape[0]] = y
             at += y.shape[0]
         assert at == n, (at, n)
