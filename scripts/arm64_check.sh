@@ -87,7 +87,7 @@ stage_wheels() {
   local site="$WORK/site"
   if [ -f "$site/.done" ]; then log "wheels: reusing $site"; return; fi
   local pins=()
-  for p in numpy pillow gguf jinja2 markupsafe tqdm pyyaml typing_extensions; do
+  for p in numpy pillow gguf jinja2 markupsafe tqdm pyyaml typing_extensions diskcache; do
     pins+=("$p==$("$PYTHON" -c "import importlib.metadata as m; print(m.version('$p'))")")
   done
   log "wheels: ${pins[*]} for manylinux2014_aarch64 cp${PYVER/./}"
@@ -136,7 +136,7 @@ stage_compare() {
   local tx=$((SECONDS - t0))
   log "compare: the same turn under qemu-aarch64"
   t0=$SECONDS
-  arm_python "$here/scripts/arm64_compare.py" run "$folder" "$WORK/arm64.npz"
+  arm_python "$here/scripts/arm64_compare.py" run "$folder" "$WORK/arm64.npz" --forced-from "$WORK/x86.npz"
   local ta=$((SECONDS - t0))
   PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_compare.py" compare "$WORK/x86.npz" "$WORK/arm64.npz" \
     --wall "$tx" "$ta" --out "$WORK/compare.json"

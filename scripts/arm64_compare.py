@@ -25,9 +25,32 @@ import numpy as np
 TURNS = (("What do you see in this picture, and what do you hear in this sound?", True, 24),
          ("Say that again in one short sentence.", False, 12))
 MAX_CODES = 100  # 2 s of speech (the random talker never ends by itself)
+LOGIT_PROMPT = "<|im_start|>user\nWhat do you see in this picture, and what do you hear?<|im_end|>\n<|im_start|>assistant\n"
+LOGIT_STEPS = 24
 
 
-def run(folder: str, out: str, threads: int) -> None:
+def thinker_logits(folder: str, threads: int, forced: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The thinker alone on a text prompt: greedy for LOGIT_STEPS tokens, or teacher-forced along
+    `forced` (the other machine's greedy tokens), keeping every step's logits: shows how far the two
+    machines' logits are apart, and how close the top two were wherever their argmax differs."""
+    from pocketomni.backend.context import LlamaContext
+    from pocketomni.backend.llama import LlamaModel
+    from pocketomni.engine.model_folder import ModelFolder
+
+    path = ModelFolder.open(folder).thinker
+    with LlamaModel(path, n_threads=threads) as model, LlamaContext(model, n_ctx=512, n_threads=threads) as ctx:
+        prompt = model.tokenize(LOGIT_PROMPT)
+        rows = [ctx.decode_tokens(prompt).logits[-1]]
+        tokens = []
+        for k in range(LOGIT_STEPS):
+            nxt = int(forced[k]) if forced is not None else int(np.argmax(rows[-1]))
+            tokens.append(nxt)
+            rows.append(ctx.decode_tokens([nxt]).logits[-1])
+    return {"logit_tokens": np.asarray(tokens, np.int64), "logits": np.stack(rows[:-1]).astype(np.float32)}
+
+
+def run(folder: str, out: str, threads: int, forced_from: str | None = None) -> None:
+    forced = np.load(forced_from)["logit_tokens"] if forced_from else None
     import pocketomni as po
     from pocketomni.audio.rates import OUTPUT_RATE
     from pocketomni.cli.demo import demo_audio, demo_image
@@ -56,6 +79,7 @@ def run(folder: str, out: str, threads: int) -> None:
             print(f"turn {i}: {len(done.tokens)} tokens, {record[f'wave{i}'].size / OUTPUT_RATE:.2f} s "
                   f"of speech, {record[f'seconds{i}']:.1f} s; text {done.text!r}", file=sys.stderr)
     record["load_seconds"] = np.asarray(load)
+    record.update(thinker_logits(folder, threads, forced))
     record["machine"] = np.asarray(platform.machine())
     np.savez(out, **record)
 
@@ -84,6 +108,16 @@ def compare(a_path: str, b_path: str, wall: list[float] | None, out: str | None)
             if wa.size and wb.size else None,
             "seconds": [float(a[f"seconds{i}"]), float(b[f"seconds{i}"])],
         }
+    la, lb = a["logits"].astype(np.float64), b["logits"].astype(np.float64)
+    top2 = np.sort(la, axis=1)[:, -2:]
+    flips = np.nonzero(np.argmax(la, axis=1) != np.argmax(lb, axis=1))[0]
+    report["thinker_logits"] = {
+        "steps": int(la.shape[0]), "teacher_forced": bool(np.array_equal(a["logit_tokens"], b["logit_tokens"])),
+        "max_abs_diff": float(np.max(np.abs(la - lb))), "logit_std": float(np.std(la)),
+        "argmax_flips_at": flips.tolist(),
+        "top1_top2_margin_a_at_flips": [float(top2[i, 1] - top2[i, 0]) for i in flips],
+        "median_top1_top2_margin_a": float(np.median(top2[:, 1] - top2[:, 0])),
+    }
     report["load_seconds"] = [float(a["load_seconds"]), float(b["load_seconds"])]
     if wall:
         report["wall_seconds"] = wall
@@ -103,6 +137,7 @@ def main() -> int:
     r.add_argument("folder")
     r.add_argument("out")
     r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--forced-from", default=None, help="teacher-force the thinker along this run's greedy tokens")
     c = sub.add_parser("compare")
     c.add_argument("a")
     c.add_argument("b")
@@ -110,7 +145,7 @@ def main() -> int:
     c.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.cmd == "run":
-        run(args.folder, args.out, args.threads)
+        run(args.folder, args.out, args.threads, args.forced_from)
         return 0
     return compare(args.a, args.b, args.wall, args.out)
 
