@@ -110,6 +110,7 @@ def main() -> int:
     ap.add_argument("--folder", type=Path)
     ap.add_argument("--label", default=None)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", default=None, help="run only this stage (e.g. 'audio encode')")
     args = ap.parse_args()
     if args.tiny:
         from conftest import _convert_cached  # the test suite's cached conversion
@@ -123,6 +124,8 @@ def main() -> int:
     cases: list[tuple[str, str, bool | None]] = [
         (stage, how, None) for stage in ("audio encode", "prefill", "text decode") for how in ("cancel", "close")
     ] + [("speech", how, p) for p in (False, True) for how in ("cancel", "close")]
+    if args.only:
+        cases = [c for c in cases if c[0] == args.only]
     rows = []
     for stage, how, pipelined in cases:
         times = [run_case(folder, stage, how, pipelined) for _ in range(args.repeats)]
