@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pocketomni.engine.cpu_split import CoreShare, StageThreads
-from pocketomni.engine.speech_render import FEED_CODES, ReplyRenderer, eh_rows, reply_options
+from pocketomni.engine.speech_render import FEED_CODES, RenderCounters, ReplyRenderer, eh_rows, reply_options
 from pocketomni.errors import OptionsError, PocketOmniError
 from pocketomni.options import SpeechOptions
 from pocketomni.token2wav import Token2Wav, get_preset
@@ -223,7 +223,7 @@ class _SpeechHold:
                 self.engine._lock.release()
 
 
-class SpeechReply:
+class SpeechReply(RenderCounters):
     """One spoken reply, run by the chat's turn loop in the turn's thread (module doc). Counts codes and audio.
     `should_stop` also cuts a render short (within one DiT block)."""
 
@@ -291,18 +291,3 @@ class SpeechReply:
         if self._cores is not None:
             self._cores.restore()
 
-    @property
-    def samples(self) -> int:
-        return self.renderer.samples
-
-    @property
-    def t_first_audio(self) -> float:
-        return self.renderer.t_first_audio
-
-    @property
-    def render_seconds(self) -> float:
-        return self.renderer.render_seconds
-
-    @property
-    def audio_seconds(self) -> float:
-        return self.renderer.audio_seconds

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pocketomni.engine.cpu_split import CoreShare, StageThreads, split_threads, usable_cpus
-from pocketomni.engine.speech_render import FEED_CODES, ReplyRenderer, eh_rows, reply_options
+from pocketomni.engine.speech_render import FEED_CODES, RenderCounters, ReplyRenderer, eh_rows, reply_options
 
 if TYPE_CHECKING:
     from pocketomni.engine.speech import SpeechEngine, SpeechSettings
@@ -108,7 +108,7 @@ class _Channel:
             self._cond.notify_all()
 
 
-class PipelinedReply:
+class PipelinedReply(RenderCounters):
     """One spoken reply with the talker and token2wav in background threads (module doc)."""
 
     pipelined = True
@@ -281,20 +281,3 @@ class PipelinedReply:
             if r.stopped:
                 return
 
-    # ------------------------------------------------------------------ counters
-
-    @property
-    def samples(self) -> int:
-        return self.renderer.samples
-
-    @property
-    def t_first_audio(self) -> float:
-        return self.renderer.t_first_audio
-
-    @property
-    def render_seconds(self) -> float:
-        return self.renderer.render_seconds
-
-    @property
-    def audio_seconds(self) -> float:
-        return self.renderer.audio_seconds

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from pocketomni.token2wav.dit import SpeakerCond
     from pocketomni.token2wav.streaming import SpeechStream
 
-__all__ = ["FEED_CODES", "ReplyRenderer", "eh_rows", "reply_options"]
+__all__ = ["FEED_CODES", "RenderCounters", "ReplyRenderer", "eh_rows", "reply_options"]
 
 FEED_CODES = 12  # codes handed to token2wav at a time after the text (one DiT block); every render point is kept
 
@@ -116,3 +116,25 @@ class ReplyRenderer:
     @property
     def audio_seconds(self) -> float:
         return self.samples / SAMPLE_RATE
+
+
+class RenderCounters:
+    """The audio counters of a spoken reply (both engines), read from its `renderer`."""
+
+    renderer: ReplyRenderer
+
+    @property
+    def samples(self) -> int:
+        return self.renderer.samples
+
+    @property
+    def t_first_audio(self) -> float:
+        return self.renderer.t_first_audio
+
+    @property
+    def render_seconds(self) -> float:
+        return self.renderer.render_seconds
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.renderer.audio_seconds
