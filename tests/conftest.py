@@ -45,7 +45,7 @@ def tiny_checkpoints() -> dict[str, Path]:
     return {name: build_checkpoint(name) for name in VARIANTS}
 
 
-def _convert_cached(checkpoint: Path, quant: str, mmproj_quant: str, token2wav_type: str) -> Path:
+def _convert_cached(checkpoint: Path, quant: str, mmproj_quant: str, token2wav_type: str = "f16") -> Path:
     """Run `pocketomni convert` on a tiny checkpoint once; reuse the folder while the checkpoint and
     the converter sources are unchanged (keyed by their hash), under the test cache."""
     import fcntl
