@@ -273,7 +273,7 @@ class CameraRecorder:
         """The user started speaking; the turn's audio begins at `audio_start` (time.monotonic())."""
         now = time.monotonic()
         with self._lock:
-            turn = _Turn(audio_start, max(0, math.ceil((now - audio_start) / PERIOD)))
+            turn = _Turn(audio_start, max(0, math.ceil((now - audio_start) / PERIOD - 0.02)))  # 10 ms: "now" is live
             for k in range(turn.next_k):  # grid times already past: what the camera showed then
                 f = self._held(audio_start + k * PERIOD)
                 if f is not None:
