@@ -286,7 +286,7 @@ class CameraRecorder:
         when no turn was started or the camera gave no frame."""
         with self._lock:
             turn, self._turn = self._turn, None
-            if turn is None:
+            if turn is None or self.error is not None:  # a failed camera's last frames are stale
                 return None
             n = min(MAX_FRAMES, max(2, 2 * math.floor(audio_seconds)))
             frames = [turn.frames.get(k) for k in range(n)]
