@@ -306,10 +306,7 @@ class CameraRecorder:
         self._closed = True
         self._wake.set()
         if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        close = getattr(self.source, "close", None)
-        if callable(close):
-            close()
+            self._thread.join(timeout=5)  # the source stays open: its owner closes it (it may serve again)
 
     # -- internals
     def _held(self, t: float) -> np.ndarray | None:
