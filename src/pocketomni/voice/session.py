@@ -150,8 +150,8 @@ class VoiceSession:
         self._threads: list[threading.Thread] = []
         self._started = self._closed = False
         self._video_limits = video_frame_limits(chat)
-        self.camera_pixels = check_camera_pixels(
-            max(DEFAULT_PIXELS, self._video_limits[0] * 5 // 4) if camera_pixels is None else camera_pixels,
+        default_pixels = max(DEFAULT_PIXELS, self._video_limits[0] * 5 // 4)  # room for the 28-pixel steps
+        self.camera_pixels = check_camera_pixels(default_pixels if camera_pixels is None else camera_pixels,
                                                  *self._video_limits)
         self.camera: CameraRecorder | None = None
         if camera is not None:
