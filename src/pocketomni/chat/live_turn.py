@@ -1,6 +1,6 @@
 """An open user turn: audio fed while the user speaks is encoded and prefilled before the turn ends.
 
-    turn = chat.begin_turn()                  # clamp="streaming" (default) or "exact"
+    turn = chat.begin_turn()                  # clamp="streaming" (the default) or "exact"
     for block in microphone:                  # any thread; never waits for the model
         turn.feed_audio(block)                # mono float32 at 16 kHz
     for ev in turn.finish_sync(text=None):    # or `async for ev in turn.finish()`: events as send()
@@ -15,9 +15,11 @@ then 50 audio rows per window. `finish` encodes the last partial window, prefill
 send (checked: a mismatch re-prefills the turn from its start).
 
 Clamp modes (the log-mel clamp at the clip's maximum - 8 is the one step that sees the whole clip):
-`streaming` clamps each window at the maximum heard so far and never goes back; `exact` does the same,
-then at `finish` re-encodes and re-prefills from the first window the final maximum changes, so the
-features are the whole clip's (benchmarks/results/live_clamp.md: how often and how much they differ).
+`streaming` (the default) clamps each window at the maximum heard so far and never goes back; `exact`
+does the same, then at `finish` re-encodes and re-prefills from the first window the final maximum
+changes, so the features are the whole clip's and the turn is `send`'s to float32 rounding. How often
+exact has to go back and how far the modes are apart: benchmarks/results/live_clamp.md; why the
+default is streaming: audio.live_mel.DEFAULT_CLAMP.
 
 Threads and the chat: a worker thread per turn encodes and prefills. It takes the chat when the chat
 is free (a reply still running or playing keeps it; the windows are encoded meanwhile and prefilled
@@ -91,7 +93,8 @@ class LiveTurn:
         self.chat = chat
         self.clamp: ClampMode = clamp
         self._opts, self._params, self._hooks = opts, params, hooks
-        self._encoder: AudioEncoder | None = chat._model.media.live_audio_encoder()
+        chat._model.folder.require("audio_in")
+        self._encoder: AudioEncoder | None = None  # loaded by the worker: feed_audio's thread never waits
         self._mel = LiveLogMel()
         self._cond = threading.Condition()
         self._fed = 0  # samples fed (under _cond)
@@ -180,6 +183,7 @@ class LiveTurn:
 
     def _work(self) -> None:
         try:
+            self._encoder = self.chat._model.media.live_audio_encoder()
             while True:
                 with self._cond:
                     if self._aborted:

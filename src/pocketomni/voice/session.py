@@ -521,6 +521,11 @@ class VoiceSession:
     # ------------------------------------------------------------------ turn thread
 
     def _turn_loop(self) -> None:
+        if self.live:  # load the audio encoder now rather than while the user's first turn is heard
+            try:
+                self.chat._model.media.live_audio_encoder()
+            except PocketOmniError:
+                self.live = False
         while True:
             turn = self._turns.get()
             if turn is None or self._closed:
