@@ -212,13 +212,13 @@ def write_report(res: dict[str, Any], path: Path) -> None:
     lines = [
         "# Live turns: streaming vs exact log-mel clamp",
         "",
-        "Written by `benchmarks/live_clamp.py` (its docstring has the method). Per clip type: the mean over its "
-        "clips unless marked; tiny random-weight model, so embedding and logit gaps measure how much the input "
-        "changes, not what a trained model would say. Deterministic (no timing).",
+        ("Written by `benchmarks/live_clamp.py` (its docstring has the method). Per clip type: the mean over its "
+         "clips unless marked; tiny random-weight model, so embedding and logit gaps measure how much the input "
+         "changes, not what a trained model would say. Deterministic (no timing)."),
         "",
-        "| clips | n | mean s | windows heard before the end | of them exact redoes | turns exact redoes from the "
-        "first window | feature values differing | mean / max abs diff (differing) | embedding cos (min) | "
-        "embedding rel L2 | first-token logits rel gap (mean / max) | same top token |",
+        ("| clips | n | mean s | windows heard before the end | of them exact redoes | turns exact redoes from the "
+         "first window | feature values differing | mean / max abs diff (differing) | embedding cos (min) | "
+         "embedding rel L2 | first-token logits rel gap (mean / max) | same top token |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in res.items():

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pocketomni.audio.live_mel import DEFAULT_CLAMP, ClampMode
 from pocketomni.backend.batch import DecodeInterrupted
 from pocketomni.backend.sampling import SamplingParams
-from pocketomni.audio.live_mel import DEFAULT_CLAMP, ClampMode
 from pocketomni.chat.async_bridge import CancelFlag, ThreadStream
 from pocketomni.chat.conversation import (
     Message,
@@ -41,6 +41,7 @@ from pocketomni.chat.conversation import (
 )
 from pocketomni.chat.decoding import LogitsProcessor, ReplyText, TokenChooser, check_logits_processors
 from pocketomni.chat.store import SavedChat, read_chat_file, write_chat_file
+from pocketomni.chat.turn_state import Prefilled, PrefillStep, TurnAbandoned, TurnHold, TurnHooks
 from pocketomni.closing import Closable
 from pocketomni.engine.positions import KIND_TEXT, Segment, TextSegment, build_prompt
 from pocketomni.engine.thinker import MEDIA_TOKEN_IDS, ThinkerSession, sampling_params
@@ -51,24 +52,11 @@ from pocketomni.options import GenerationOptions, check_text, resolve_options
 
 if TYPE_CHECKING:
     from pocketomni.chat.live_turn import LiveTurn
-
     from pocketomni.engine.runtime import ModelRuntime
     from pocketomni.engine.speech import SpeechEngine, SpeechReply, SpeechSettings
     from pocketomni.engine.speech_pipeline import PipelinedReply
 
 __all__ = ["Chat"]
-
-BUSY_WAIT_SECONDS = 60.0
-
-
-@dataclasses.dataclass(frozen=True)
-class TurnHooks:
-    """The caller's per-turn callables: progress reports and logits processors."""
-
-    progress: Callable[[Progress], None] | None = None
-    logits_processors: tuple[LogitsProcessor, ...] = ()
-    speech: SpeechSettings | None = None  # this turn's speech settings (None: the chat's)
-
 
 def _strip_sources(m: Message) -> Message:
     """The message as kept in history: media as labels only (frees decoded pixels / samples)."""
@@ -326,8 +314,8 @@ class Chat(Closable):
         """Consistent reads: wait for another thread's turn; inside this thread's own turn, read as is."""
         return contextlib.nullcontext() if self._owner == threading.get_ident() else self._hold()
 
-    def _hold(self, wait: bool = True, flag: CancelFlag | None = None) -> _Held:
-        return _Held(self, wait, flag)
+    def _hold(self, wait: bool = True, flag: CancelFlag | None = None) -> TurnHold:
+        return TurnHold(self, wait, flag)
 
     def _check_open(self) -> None:
         if self._session.ctx.closed:
@@ -388,10 +376,11 @@ class Chat(Closable):
             )
 
     def _turn(self, new: list[Message], opts: GenerationOptions, params: SamplingParams, flag: CancelFlag,
-              wait: bool, hooks: TurnHooks = TurnHooks()) -> Iterator[Event]:
+              wait: bool, hooks: TurnHooks | None = None) -> Iterator[Event]:
+        hooks = hooks or TurnHooks()
         try:
             held = self._hold(wait=wait, flag=flag).__enter__()
-        except _Abandoned:
+        except TurnAbandoned:
             return
         try:
             if flag.is_set:
@@ -546,59 +535,3 @@ def _check_argument_names(overrides: Mapping[str, Any]) -> None:
         near = difflib.get_close_matches(key, SEND_ARGUMENTS, n=1, cutoff=0.7)
         if near:
             raise OptionsError(f"send() has no argument {key!r}; did you mean {near[0]}=...?")
-
-
-@dataclasses.dataclass
-class Prefilled:
-    """A turn whose prompt is in the cache: its messages, layout, last logits and the encode / prefill
-    seconds it took (from the start of the turn's own work)."""
-
-    msgs: list[Message]
-    layout: Any
-    logits: np.ndarray
-    media_s: float
-    prefill_s: float
-
-
-PrefillStep = Callable[[CancelFlag, TurnHooks], "Prefilled | None"]
-
-
-class _Abandoned(Exception):
-    """A queued turn was cancelled before it got the chat."""
-
-
-class _Held:
-    """Holds a chat's turn lock. A turn suspended in the same thread (an unfinished send_sync) makes
-    other calls fail at once instead of deadlocking; other threads wait for it (a cancelled turn
-    ends within one token)."""
-
-    def __init__(self, chat: Chat, wait: bool, flag: CancelFlag | None) -> None:
-        self.chat, self.wait, self.flag = chat, wait, flag
-        self.acquired = False
-
-    def __enter__(self) -> _Held:  # noqa: PYI034
-        c = self.chat
-        me = threading.get_ident()
-        if c._lock.acquire(blocking=False):
-            self.acquired = True
-        elif c._owner == me or not self.wait:
-            raise PocketOmniError(
-                "this chat is busy with another turn; finish iterating it (or close it) before starting another"
-            )
-        if not self.acquired:
-            deadline = time.monotonic() + BUSY_WAIT_SECONDS
-            while not c._lock.acquire(timeout=0.05):
-                if self.flag is not None and self.flag.is_set:
-                    raise _Abandoned
-                if time.monotonic() > deadline:
-                    raise PocketOmniError("this chat stayed busy with another turn for a minute; try again later")
-            self.acquired = True
-        c._owner = me
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        c = self.chat
-        c._published = tuple(c._messages)  # what `messages` shows other threads until the next turn ends
-        c._owner = None
-        c._flag = None
-        c._lock.release()

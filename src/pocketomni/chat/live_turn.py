@@ -47,9 +47,10 @@ import numpy as np
 from pocketomni.audio.features import n_audio_tokens
 from pocketomni.audio.live_mel import CLAMP_MODES, ClampMode, LiveLogMel, Window
 from pocketomni.audio.rates import INPUT_RATE
+from pocketomni.backend.batch import DecodeInterrupted
 from pocketomni.chat.async_bridge import CancelFlag, ThreadStream
 from pocketomni.chat.conversation import Message, Part, user_message
-from pocketomni.backend.batch import DecodeInterrupted
+from pocketomni.chat.turn_state import Prefilled, TurnAbandoned, TurnHold, TurnHooks
 from pocketomni.engine.positions import KIND_AUDIO, AudioSegment, PromptLayout, Segment, build_prompt
 from pocketomni.errors import FeatureUnavailableError, OptionsError, PocketOmniError
 from pocketomni.events import Event
@@ -57,7 +58,7 @@ from pocketomni.events import Event
 if TYPE_CHECKING:
     from pocketomni.audio.tower import AudioEncoder
     from pocketomni.backend.sampling import SamplingParams
-    from pocketomni.chat.chat import Chat, Prefilled, TurnHooks, _Held
+    from pocketomni.chat.chat import Chat
     from pocketomni.options import GenerationOptions
 
 __all__ = ["LiveTurn", "WindowTiming"]
@@ -102,7 +103,7 @@ class LiveTurn:
         self.timings: list[WindowTiming] = []
         self._windows: list[Window] = []
         self._rows: list[np.ndarray] = []  # encoded rows per window
-        self._held: _Held | None = None
+        self._held: TurnHold | None = None
         self._n0 = 0  # history length before the turn
         self._start_pos = 0
         self._head: list[Segment] = []  # prompt segments before the audio
@@ -216,12 +217,10 @@ class LiveTurn:
 
     def _try_hold(self) -> None:
         """Take the chat if it is free; then prefill the head: the turn's text before the audio, <|audio_bos|>."""
-        from pocketomni.chat.chat import _Held
-
         if self._encoder is None:
             return  # stock audio: everything happens at finish
         try:
-            held = _Held(self.chat, wait=False, flag=None).__enter__()
+            held = TurnHold(self.chat, wait=False, flag=None).__enter__()
         except PocketOmniError:
             return
         self._held = held
@@ -290,8 +289,6 @@ class LiveTurn:
         return user_message(text, audio=[(clip, INPUT_RATE)])
 
     def _finish(self, text: str | None, flag: CancelFlag) -> Iterator[Event]:
-        from pocketomni.chat.chat import _Abandoned, _Held
-
         self._worker.join()
         chat = self.chat
         try:
@@ -300,8 +297,8 @@ class LiveTurn:
             held = self._held
             if held is None:
                 try:
-                    held = _Held(chat, wait=True, flag=flag).__enter__()
-                except _Abandoned:
+                    held = TurnHold(chat, wait=True, flag=flag).__enter__()
+                except TurnAbandoned:
                     self._release(rollback=True)
                     return
                 self._held = held
@@ -318,8 +315,6 @@ class LiveTurn:
 
     def _complete(self, text: str | None, flag: CancelFlag) -> Prefilled | None:
         """The rest of the prompt: exact-mode repairs, the last window, closing tokens, assistant header."""
-        from pocketomni.chat.chat import Prefilled
-
         chat, sess = self.chat, self.chat._session
         t0 = time.perf_counter()
         clip = self._mel.samples.copy()
