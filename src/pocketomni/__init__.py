@@ -56,6 +56,7 @@ __all__ = [
     "FeatureUnavailableError",
     "GenerationOptions",
     "Listening",
+    "LiveTurn",
     "MediaError",
     "Message",
     "ModelFileError",
@@ -85,6 +86,7 @@ __all__ = [
 _LAZY = {
     "Omni": ("pocketomni.omni", "Omni"),
     "Chat": ("pocketomni.chat.chat", "Chat"),
+    "LiveTurn": ("pocketomni.chat.live_turn", "LiveTurn"),
     "Capabilities": ("pocketomni.engine.model_folder", "Capabilities"),
     "Message": ("pocketomni.chat.conversation", "Message"),
     "Part": ("pocketomni.chat.conversation", "Part"),
