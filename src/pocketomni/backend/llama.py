@@ -19,6 +19,7 @@ import llama_cpp.llama_cpp as L
 import numpy as np
 
 from pocketomni.backend import _log, lifetime
+from pocketomni.backend.mapped_file import PageDropper, drop_mapped_pages
 from pocketomni.backend.cpu_guard import (
     REPACK_BUFFER,
     WEIGHT_LAYOUTS,
@@ -86,13 +87,21 @@ def available_memory() -> int | None:
         return None
 
 
-def should_mmap(path: Path, n_gpu_layers: int) -> bool:
-    """Map the file, or read it into memory? On the CPU llama.cpp repacks most quantized weights into
-    a buffer of its own (faster matmuls); a mapped file's pages for those weights stay resident beside
-    that copy (3B thinker: 3.35 GB resident mapped vs 2.1 GB read, and reading loads 2x faster). So
-    read, unless the weights go to a GPU (mapped buffers are zero-copy there) or the file would take
-    more than half the memory still available (then the kernel should be free to page it)."""
+def should_mmap(path: Path, n_gpu_layers: int, platform: str | None = None) -> bool:
+    """Map the file, or read it into memory? On the CPU llama.cpp repacks most quantized weights into a
+    buffer of its own (faster matmuls). Mapped, the file's pages for those weights are dropped as it
+    loads (backend/mapped_file.py); what stays in use from the file (token table rows, output head,
+    weights not repacked) is clean file-backed memory the kernel can reclaim under pressure instead of
+    killing the app. Read, all of it is anonymous memory. Measured on a spoken 3B turn (x86,
+    benchmarks/results/memory.md): read peaks 47 MB lower (3377 vs 3424 MB), mapped leaves 1390 MB
+    reclaimable instead of 589 MB (anonymous 2006 vs 2756 MB). So: mapped on Android (an app the system
+    kills under pressure), on a GPU (zero-copy buffers) and when the file would take more than half the
+    memory still available; read elsewhere (desktop, server)."""
     if n_gpu_layers != 0:
+        return True
+    from pocketomni.audio.backend import detect_platform
+
+    if (platform or detect_platform()) == "android":
         return True
     avail = available_memory()
     return avail is None or path.stat().st_size > avail // 2
@@ -159,8 +168,15 @@ class LlamaModel:
         params.load_mode = L.LLAMA_LOAD_MODE_MMAP if use_mmap else L.LLAMA_LOAD_MODE_NONE
         params.vocab_only = bool(vocab_only)
         self.weight_layout = self._apply_weight_layout(params, weight_layout)
+        dropper = None
+        if use_mmap and params.n_gpu_layers == 0 and self.weight_layout != "plain":
+            # the CPU's repacked copy replaces most mapped weights: their file pages leave memory as it loads
+            dropper = PageDropper(self.path)
+            params.progress_callback = dropper.callback
         mark = _log.mark()
         ptr = L.llama_model_load_from_file(str(self.path).encode("utf-8"), params)
+        if dropper is not None:
+            drop_mapped_pages(self.path)
         if not ptr:
             raise ModelFileError(
                 f"llama.cpp could not load {self.path}: {_log.recent_errors(mark)}. "

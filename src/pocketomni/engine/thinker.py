@@ -26,9 +26,15 @@ from pocketomni.engine.positions import KIND_TEXT, KIND_VIDEO, PromptLayout, Tok
 from pocketomni.errors import InternalError, ModelFileError
 from pocketomni.options import GenerationOptions
 
-__all__ = ["MEDIA_TOKEN_IDS", "ContextSettings", "History", "Thinker", "ThinkerSession", "sampling_params"]
+__all__ = ["MEDIA_TOKEN_IDS", "THINKER_UBATCH", "ContextSettings", "History", "Thinker", "ThinkerSession",
+           "sampling_params"]
 
 MEDIA_TOKEN_IDS = (TokenIds.audio, TokenIds.image, TokenIds.video)
+# llama.cpp micro-batch rows of each chat's context. Its compute buffer holds one micro-batch's logits
+# (rows x 151936 floats: 297 MiB at 512 rows, 74 MiB at 128) or attention scores, whichever is larger;
+# speech chats prefill in 128-row chunks anyway (hidden states), and text prefill runs as fast at 128
+# rows (benchmarks/results/thinker_buffers-3b.md).
+THINKER_UBATCH = 128
 
 
 def sampling_params(opts: GenerationOptions) -> SamplingParams:
@@ -43,6 +49,7 @@ class ContextSettings:
 
     n_ctx: int = 4096
     n_batch: int = 512
+    n_ubatch: int = THINKER_UBATCH
     n_threads: int | None = None
     kv_f32: bool = False
     hidden_dtype: str = "float16"  # storage of H for speech chats
@@ -211,8 +218,8 @@ class ThinkerSession:
     def __init__(self, thinker: Thinker, *, keep_hidden: bool = False) -> None:
         s = thinker.settings
         self.thinker = thinker
-        self.ctx = LlamaContext(thinker.model, n_ctx=s.n_ctx, n_batch=s.n_batch, n_threads=s.n_threads,
-                                n_seq_max=1, kv_f32=s.kv_f32)
+        self.ctx = LlamaContext(thinker.model, n_ctx=s.n_ctx, n_batch=s.n_batch, n_ubatch=min(s.n_ubatch, s.n_batch),
+                                n_threads=s.n_threads, n_seq_max=1, kv_f32=s.kv_f32)
         self.history = History(thinker.model.n_embd, keep_hidden, s.hidden_dtype)
 
     # ------------------------------------------------------------------ sizes
