@@ -332,6 +332,7 @@ def omni_n_ctx(n_ctx: int | None) -> int:
 # older synthetic folders with the 7B-sized 3B talker and float32 token2wav: results/memory_history/).
 STEPS = [("before", "before (main: f16 token2wav, corrected 3B talker)"),
          ("caches", "+ talker KV grows with the reply, thinker micro-batch 128"),
+         ("kv", "+ thinker KV grows with the chat"),
          ("mmap", "+ weights mapped, repacked pages dropped")]
 
 

@@ -92,7 +92,7 @@ def memory_budget(path: str | os.PathLike[str], n_ctx: int | None = None, n_ubat
 
     from pocketomni.engine.model_folder import ModelFolder
     from pocketomni.engine.talker import TALKER_CTX_STEP, TALKER_UBATCH
-    from pocketomni.engine.thinker import THINKER_UBATCH
+    from pocketomni.engine.thinker import THINKER_CTX_STEP, THINKER_UBATCH
     from pocketomni.omni import Omni
 
     folder = ModelFolder.open(path)
@@ -104,7 +104,7 @@ def memory_budget(path: str | os.PathLike[str], n_ctx: int | None = None, n_ubat
         BudgetItem("runtime", RUNTIME_MB, "text", "Python, numpy, llama.cpp code, SDK objects (measured)"),
         BudgetItem("thinker weights", size(folder.thinker), "text", f"{folder.thinker.name}, read into memory"),
         BudgetItem("thinker KV cache", kv_bytes_per_cell(folder.thinker) * n_ctx / MB, "text",
-                   f"f16, n_ctx {n_ctx}"),
+                   f"f16, n_ctx {n_ctx} (a chat starts at {THINKER_CTX_STEP} cells and grows)"),
         BudgetItem("thinker compute", compute_bytes(folder.thinker, n_ctx, ub) / MB, "text",
                    f"micro-batch {ub} rows"),
     ]
