@@ -358,7 +358,8 @@ def write_report() -> None:
         lines += [f"## {r['label']}", "",
                   f"{r['folder']}; n_ctx {r['n_ctx']}; {r['threads']} threads; {r['reply_tokens']} reply tokens, "
                   f"{r['codes']} codes ({r['audio_seconds']} s audio), turn {r['turn_seconds']} s "
-                  f"(thinker decode {r.get('decode_tok_s', 0)} tok/s{'; llama.cpp repacking OFF' if r.get('no_repack') else ''}); "
+                  f"(thinker decode {r.get('decode_tok_s', 0)} tok/s{'; llama.cpp repacking OFF' if r.get('no_repack') else ''}"
+                  f"{'; weights ' + ('mapped' if r['mmap'] == 'on' else 'read') if r.get('mmap') else ''}); "
                   f"{r['when']}. "
                   f"Files (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["files"].items()) + ".", "",
                   "| stage | peak RSS MB | RSS at stage end MB | seconds |", "|---|---|---|---|"]

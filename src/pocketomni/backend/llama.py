@@ -89,19 +89,20 @@ def available_memory() -> int | None:
 
 def should_mmap(path: Path, n_gpu_layers: int, platform: str | None = None) -> bool:
     """Map the file, or read it into memory? On the CPU llama.cpp repacks most quantized weights into a
-    buffer of its own (faster matmuls). Mapped, the file's pages for those weights are dropped as it
-    loads (backend/mapped_file.py); what stays in use from the file (token table rows, output head,
-    weights not repacked) is clean file-backed memory the kernel can reclaim under pressure instead of
-    killing the app. Read, all of it is anonymous memory. Measured on a spoken 3B turn (x86,
-    benchmarks/results/memory.md): read peaks 47 MB lower (3377 vs 3424 MB), mapped leaves 1390 MB
-    reclaimable instead of 589 MB (anonymous 2006 vs 2756 MB). So: mapped on Android (an app the system
-    kills under pressure), on a GPU (zero-copy buffers) and when the file would take more than half the
-    memory still available; read elsewhere (desktop, server)."""
+    buffer of its own (faster matmuls). Mapped, on Linux and Android the file's pages for those weights
+    are dropped as it loads (backend/mapped_file.py); what stays in use from the file (token table rows,
+    output head, weights not repacked) is clean file-backed memory the kernel can reclaim under pressure
+    instead of killing the process, and token-table rows never used never load. Read, all of it is
+    anonymous memory. Spoken turn on x86 (benchmarks/results/memory.md, 2026-12-03): mapped peaks at
+    3150 / 6196 MB (3B / 7B) against 3276 / 6457 MB read, with 1210 / 2299 MB reclaimable against
+    590 / 593 MB, loads faster and decodes as fast. Where pages cannot be dropped (macOS, Windows) the
+    file's pages would stay beside the repacked copy, so there: read, unless the weights go to a GPU
+    (zero-copy buffers) or the file would take more than half the memory still available."""
     if n_gpu_layers != 0:
         return True
     from pocketomni.audio.backend import detect_platform
 
-    if (platform or detect_platform()) == "android":
+    if (platform or detect_platform()) in ("linux", "android"):
         return True
     avail = available_memory()
     return avail is None or path.stat().st_size > avail // 2

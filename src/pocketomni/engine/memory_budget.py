@@ -25,7 +25,10 @@ from pocketomni.gguf_file import GGUFFile
 __all__ = ["RUNTIME_MB", "BudgetItem", "MemoryBudget", "kv_bytes_per_cell", "memory_budget"]
 
 MB = 1 << 20
-RUNTIME_MB = 160.0  # interpreter + numpy + llama.cpp code + SDK objects (measured; benchmarks/memory.py)
+# The interpreter, numpy, llama.cpp's code, the SDK's objects and the work arrays of a spoken turn (token2wav's
+# activations, the hidden-state history, allocator slack): a spoken turn's measured peak minus every other
+# item as measured (benchmarks/results/memory.md, 2026-12-03): 372 MiB at 3B, 364 MiB at 7B.
+RUNTIME_MB = 370.0
 SCENARIOS = {"text": ("text",), "spoken": ("text", "speech"), "media": ("text", "speech", "media")}
 
 
@@ -101,8 +104,8 @@ def memory_budget(path: str | os.PathLike[str], n_ctx: int | None = None, n_ubat
     ub = n_ubatch or THINKER_UBATCH
     size = lambda p: p.stat().st_size / MB  # noqa: E731
     items = [
-        BudgetItem("runtime", RUNTIME_MB, "text", "Python, numpy, llama.cpp code, SDK objects (measured)"),
-        BudgetItem("thinker weights", size(folder.thinker), "text", f"{folder.thinker.name}, read into memory"),
+        BudgetItem("runtime", RUNTIME_MB, "text", "Python, numpy, llama.cpp code, SDK objects, work arrays (measured)"),
+        BudgetItem("thinker weights", size(folder.thinker), "text", f"{folder.thinker.name}"),
         BudgetItem("thinker KV cache", kv_bytes_per_cell(folder.thinker) * n_ctx / MB, "text",
                    f"f16, n_ctx {n_ctx} (a chat starts at {THINKER_CTX_STEP} cells and grows)"),
         BudgetItem("thinker compute", compute_bytes(folder.thinker, n_ctx, ub) / MB, "text",
@@ -112,7 +115,7 @@ def memory_budget(path: str | os.PathLike[str], n_ctx: int | None = None, n_ubat
         cells = -(-(prompt_tokens + 2 + TALKER_CTX_STEP) // TALKER_CTX_STEP) * TALKER_CTX_STEP
         per = kv_bytes_per_cell(folder.talker)
         items += [
-            BudgetItem("talker weights", size(folder.talker), "speech", f"{folder.talker.name}, read into memory"),
+            BudgetItem("talker weights", size(folder.talker), "speech", f"{folder.talker.name}"),
             BudgetItem("talker KV cache", per * cells / MB, "speech",
                        f"f16, {cells} cells ({prompt_tokens}-token prompt + {TALKER_CTX_STEP} codes); "
                        f"+{per * TALKER_CTX_STEP / MB:.0f} MiB per {TALKER_CTX_STEP} more codes"),
