@@ -6,9 +6,10 @@
 
 Every figure comes from the folder's GGUF headers and file sizes plus the settings the SDK runs with
 (thinker n_ctx and micro-batch, the talker's first cache step, token2wav's released modulation weights),
-by the same arithmetic llama.cpp and our numpy code allocate with; RUNTIME_MB (the interpreter, numpy,
-llama.cpp's code and the SDK's objects) is measured (benchmarks/memory.py). benchmarks/results/memory.md
-holds the measured peaks these estimates are checked against (tests/test_memory_budget.py).
+by the same arithmetic llama.cpp and our numpy code allocate with (tests/test_memory_budget.py checks the
+cache and compute figures against what llama.cpp allocates); RUNTIME_MB is measured (benchmarks/memory.py;
+the README's "Memory budget" sets budget and measured peaks side by side). It is an upper bound for a
+full context: a short chat touches less of the caches and of the mapped weights.
 
 Components and when they are resident (`when`): "text" for every chat, "speech" from the first spoken
 reply, "media" from the first image, audio or video input (the projector loads lazily).

@@ -95,7 +95,7 @@ class Talker:
             # time, so a quarter of the default attention scratch (3B/7B: 221 -> ~60 MB) costs little
             if not isinstance(n_ctx, int) or n_ctx < 1:
                 raise OptionsError(f"n_ctx must be a positive int, got {n_ctx!r}")
-            self.max_ctx = n_ctx
+            self.max_ctx = -(-n_ctx // 256) * 256  # llama.cpp rounds a context up to whole 256-cell blocks
             self.ctx = LlamaContext(self.model, n_ctx=min(n_ctx, TALKER_CTX_STEP), n_ubatch=TALKER_UBATCH,
                                     kv_f32=kv_f32, n_seq_max=1)
             eos, pad = self._thinker_rows([self.ids.text_eos, self.ids.text_pad])
