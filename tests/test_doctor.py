@@ -100,7 +100,7 @@ def test_report_holds_this_machines_values(demo_folder: str, capsys: pytest.Capt
     for _, mib, word in verdicts:
         assert (word == "fits") == (int(mib) * 2**20 <= int(avail.group(1)))
     # one line per component, named with when it is resident
-    names = [ln.split(" (")[0] for ln in s["memory"] if re.match(r"^[a-z0-9 ]+ \((text|speech|media)\): ", ln)]
+    names = [ln.split(" (")[0] for ln in s["memory"] if re.match(r"^[A-Za-z0-9 ]+ \((text|speech|media)\): ", ln)]
     assert names == ["runtime", "thinker weights", "thinker KV cache", "thinker compute", "talker weights",
                      "talker KV cache", "talker compute", "token2wav weights", "media encoders"]
 
