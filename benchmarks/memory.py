@@ -345,8 +345,8 @@ def write_report() -> None:
               "interleave, so each peak includes everything still resident from earlier stages."), ""]
     by = {r["label"]: r for r in runs}
     models = sorted({k.split("-")[0] for k in by if k.endswith("-before")})
-    lines += ["Earlier steps (lazy mmproj, weights read, modulation weights released), measured on the older "
-              "synthetic folders: results/memory_history/.", ""]
+    lines += [("Earlier steps (lazy mmproj, weights read, modulation weights released), measured on the older "
+               "synthetic folders: results/memory_history/."), ""]
     for name in models:
         steps = [(step, title, by[f"{name}-{step}"]) for step, title in STEPS if f"{name}-{step}" in by]
         lines += [f"## {name}: step by step", "", "| stage | " + " | ".join(f"{t} MB" for _, t, _ in steps) + " |",

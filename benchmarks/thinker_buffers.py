@@ -3,7 +3,7 @@
 Usage:
     .venv/bin/python benchmarks/thinker_buffers.py --folder /work/synth/3b-default --label 3b
 
-For micro-batches of 128, 256 and 512 rows with an f16 KV cache, and 128 rows with K in q8_0 (V f16: the only
+For micro-batches of 128 and 512 rows with an f16 KV cache, and 128 rows with K in q8_0 (V f16: the only
 quantized cache llama.cpp allows without flash attention), one context of n_ctx 4096 on the folder's
 thinker: its KV and compute buffers (llama.cpp's log), the anonymous memory it added (smaps), the prefill
 of a PROMPT_TOKENS-token prompt as a text chat does it (logits of the last row, n_batch 512) and as a
@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PROMPT_TOKENS = 256
-DECODE_TOKENS = 16
-REPEATS = 2
+PROMPT_TOKENS = 192
+DECODE_TOKENS = 8
+REPEATS = 1
 # (KV type, micro-batch) pairs; KV types as (type_k, type_v) ggml type ids
-CONFIGS = [("f16", 128), ("f16", 256), ("f16", 512), ("q8_0 K", 128)]
+CONFIGS = [("f16", 128), ("f16", 512), ("q8_0 K", 128)]
 KV_TYPES = {"f16": (1, 1), "q8_0 K": (8, 1)}
 PAT = re.compile(r"(KV|compute) buffer size\s*=\s*([\d.]+) MiB")
 
@@ -50,13 +50,9 @@ class BufferLog(logging.Handler):
 
 def anon_mb() -> float:
     total = 0
-    name = ""
     with open("/proc/self/smaps") as f:
         for line in f:
-            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-                parts = line.split(None, 5)
-                name = parts[5].strip() if len(parts) > 5 else ""
-            elif line.startswith("Anonymous:"):
+            if line.startswith("Anonymous:"):
                 total += int(line.split()[1])
     return total / 1024
 
@@ -100,15 +96,15 @@ def run(folder: Path, threads: int) -> list[dict[str, Any]]:
         L.llama_context_default_params = defaults
         added = anon_mb() - a0
 
-        def text() -> None:
+        def text(ctx: LlamaContext = ctx) -> None:
             ctx.clear()
             ctx.decode_tokens(ids, logits="last")
 
-        def speech() -> None:
+        def speech(ctx: LlamaContext = ctx) -> None:
             ctx.clear()
             ctx.decode_tokens(ids, logits="last", hidden="all")
 
-        def decode() -> None:
+        def decode(ctx: LlamaContext = ctx) -> None:
             ctx.clear()
             ctx.decode_tokens(ids[:64], logits="last")
             for i in range(DECODE_TOKENS):
@@ -134,11 +130,11 @@ def write(label: str, folder: Path, threads: int, rows: list[dict[str, Any]]) ->
             "prompt_tokens": PROMPT_TOKENS, "decode_tokens": DECODE_TOKENS, "repeats": REPEATS, "rows": rows}
     (RESULTS / f"thinker_buffers-{label}.json").write_text(json.dumps(meta, indent=1))
     lines = [f"# Thinker context: micro-batch x KV type ({label})", "",
-             f"{folder}; n_ctx 4096; {threads} threads; prompt {PROMPT_TOKENS} tokens; decode = 64-token prompt + "
-             f"{DECODE_TOKENS} one-token steps; median of {REPEATS}; {meta['when']}. Shared machine: compare rows, "
-             "not runs.", "",
-             "| KV | n_ubatch | KV MB | compute MB | resident after create / after runs MB | text prefill s (cpu) "
-             "| speech prefill s (cpu) | decode s (cpu) |", "|---|---|---|---|---|---|---|---|"]
+             (f"{folder}; n_ctx 4096; {threads} threads; prompt {PROMPT_TOKENS} tokens; decode = 64-token prompt + "
+              f"{DECODE_TOKENS} one-token steps; median of {REPEATS}; {meta['when']}. Shared machine: compare rows, "
+              "not runs."), "",
+             ("| KV | n_ubatch | KV MB | compute MB | resident after create / after runs MB | text prefill s (cpu) "
+              "| speech prefill s (cpu) | decode s (cpu) |"), "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['kv']} | {r['n_ubatch']} | {r['kv_mb']:.0f} | {r['compute_mb']:.0f} | "
                      f"{r['anon_added_mb']:.0f} / {r['anon_after_runs_mb']:.0f} | {r['prefill_text_s']:.1f} ({r['prefill_text_cpu_s']:.1f}) | "

@@ -19,7 +19,6 @@ import llama_cpp.llama_cpp as L
 import numpy as np
 
 from pocketomni.backend import _log, lifetime
-from pocketomni.backend.mapped_file import PageDropper, drop_mapped_pages
 from pocketomni.backend.cpu_guard import (
     REPACK_BUFFER,
     WEIGHT_LAYOUTS,
@@ -30,6 +29,7 @@ from pocketomni.backend.cpu_guard import (
     read_cpu_features,
     repack_weights,
 )
+from pocketomni.backend.mapped_file import PageDropper, drop_mapped_pages
 from pocketomni.errors import ModelFileError, OptionsError, PocketOmniError
 from pocketomni.gguf_file import EmbeddingRows, GGUFFile
 

@@ -28,7 +28,6 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 # Native stages the smoke runs, in order: the quantized thinker's decode (llama.cpp), our numpy audio

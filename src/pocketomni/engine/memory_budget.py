@@ -103,7 +103,7 @@ def memory_budget(path: str | os.PathLike[str], n_ctx: int | None = None, n_ubat
     if n_ctx is None:
         n_ctx = int(inspect.signature(Omni.__init__).parameters["n_ctx"].default)
     ub = n_ubatch or THINKER_UBATCH
-    size = lambda p: p.stat().st_size / MB  # noqa: E731
+    size = lambda p: p.stat().st_size / MB
     items = [
         BudgetItem("runtime", RUNTIME_MB, "text", "Python, numpy, llama.cpp code, SDK objects, work arrays (measured)"),
         BudgetItem("thinker weights", size(folder.thinker), "text", f"{folder.thinker.name}"),
