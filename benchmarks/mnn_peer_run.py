@@ -51,16 +51,17 @@ def guarded_env(threads: int | None = None) -> dict[str, str]:
     return env
 
 
-def run_worker(*args: str, threads: int | None = None, timeout: float = 3600, log: Path | None = None) -> dict[str, Any]:
-    """Run `worker.py ARGS` in the MNN venv under the guard; its result is the JSON after RESULT."""
-    py = venv_python()
+def run_worker(*args: str, threads: int | None = None, timeout: float = 3600, log: Path | None = None,
+               python: Path | None = None) -> dict[str, Any]:
+    """Run `worker.py ARGS` in the MNN venv (or `python`) under the guard; its result is the JSON after RESULT."""
+    py = python or venv_python()
     proc = subprocess.run([str(py), str(WORKER), *args], env=guarded_env(threads), capture_output=True,
                           text=True, timeout=timeout, cwd=str(WORKER.parent))
     if log is not None:
         log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"MNN worker {args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT)]
+    lines = [x[x.index(RESULT):] for x in proc.stdout.splitlines() if RESULT in x]
     if not lines:
         raise RuntimeError(f"MNN worker {args[0]} printed no result:\n{proc.stdout[-2000:]}")
     return json.loads(lines[-1][len(RESULT):])

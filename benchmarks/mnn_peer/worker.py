@@ -4,6 +4,7 @@ Commands (one JSON object on stdout's last line):
     worker.py export HF_DIR OUT_DIR BITS BLOCK     llmexport: HF Qwen2 folder -> MNN files
     worker.py bench MNN_DIR THREADS PROMPT N [LOGITS.npy]   prefill PROMPT synthetic ids, greedy-decode N tokens
     worker.py netprobe HOST PORT                   try to connect (the guard must refuse)
+    worker.py telemetry                            import MNN's usage logger; report that it is offline
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import json
 import sys
 import time
 
-import sitecustomize  # the guard (benchmarks/mnn_peer/guard); refuse to run without it
+try:
+    import sitecustomize  # the guard (benchmarks/mnn_peer/guard); refuse to run without it
+except ImportError:
+    sitecustomize = None
 
 if not getattr(sitecustomize, "POCKETOMNI_NET_GUARD", False):
     sys.exit("MNN worker: the network guard is not active (benchmarks/mnn_peer/guard not first on PYTHONPATH)")
@@ -85,7 +89,17 @@ def netprobe(host: str, port: str) -> dict:
     return {"refused_by": None}
 
 
+def telemetry() -> dict:
+    """Import MNN's usage logger (it tries to fetch upload credentials at import) and report what it got."""
+    import aliyun.log
+
+    from MNN.tools.utils.log import mnn_logger
+
+    return {"aliyun_stub": "Offline stand-in" in (aliyun.__doc__ or ""),
+            "logger_network_available": bool(mnn_logger._network_available)}
+
+
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
-    result = {"export": export, "bench": bench, "netprobe": netprobe}[cmd](*args)
-    print("MNNPEER_RESULT " + json.dumps(result), flush=True)
+    result = {"export": export, "bench": bench, "netprobe": netprobe, "telemetry": telemetry}[cmd](*args)
+    print("\nMNNPEER_RESULT " + json.dumps(result), flush=True)
