@@ -33,7 +33,8 @@ from pocketomni.convert.thinker import thinker_plan
 from pocketomni.convert.tokenizer import load_tokenizer
 from pocketomni.convert.writer import write_gguf
 
-SHAPES = {"thinker-3b": ("3b", "thinker"), "thinker-7b": ("7b", "thinker"), "talker-3b": ("3b", "talker")}
+SHAPES = {"thinker-3b": ("3b", "thinker"), "thinker-7b": ("7b", "thinker"), "talker-3b": ("3b", "talker"),
+          "thinker-tiny": ("tiny", "thinker"), "talker-tiny": ("tiny", "talker")}
 
 
 def peer_checkpoint(shape: str, layers: int) -> Checkpoint:
