@@ -143,6 +143,9 @@ def measure(shape: str, formats: list[str], steps: int, work: Path, t2w: Path | 
         t0 = time.perf_counter()
         wave = tw.render(np.array(ref_tok), spk, "fast", seed=0)
         res["t2w_seconds_per_render"] = time.perf_counter() - t0
+        # the floor: SNR of an unrelated code sequence (same length, same noise) against the reference
+        other = (np.array(ref_tok) * 7 + 1234) % limit
+        res["wave_snr_unrelated_db"] = snr_db(wave, tw.render(other, spk, "fast", seed=0))
     for q in formats:
         p = models.quantized(bf16, q, d / f"{q}.gguf")
         r = Runner(p)
@@ -170,7 +173,9 @@ def write_md(data: dict[str, Any], path: Path) -> None:
           "matches the reference under teacher forcing; prefix = free-running steps identical to the "
           "reference's before the first difference.", ""]
     for shape, s in data["shapes"].items():
-        md += [f"## {shape} ({s['layers']} layers)", "",
+        floor = (f" Waveform SNR of an unrelated code sequence (the floor): {s['wave_snr_unrelated_db']:.1f} dB."
+                 if "wave_snr_unrelated_db" in s else "")
+        md += [f"## {shape} ({s['layers']} layers)", "", f"Reference: {s['reference']}.{floor}", "",
                "| format | bits/weight | logit cosine mean (min) | greedy agreement | free-run prefix | "
                "waveform SNR | note |", "|---|---|---|---|---|---|---|"]
         for q, r in s["formats"].items():
