@@ -8,7 +8,9 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NOTE = ("Random weights; speed depends on shapes only. Wall-clock medians over alternating rounds on a shared "
-        "2-core machine (range = min-max over rounds, the run's noise); ratios > 1 favour llama.cpp.")
+        "2-core machine (range = min-max over rounds, the run's noise); ratios > 1 favour llama.cpp. Load from "
+        "other work only slows a run, so the best run of each row (the range's top) is the least disturbed "
+        "estimate; with 2 threads on 2 busy cores both engines lose up to 30x (see the threads sections).")
 
 
 def mnn_peer_of(rows: dict[str, Any], bits: float) -> str | None:
@@ -26,16 +28,19 @@ def _types(t: dict[str, Any]) -> str:
 def shape_table(s: dict[str, Any]) -> list[str]:
     rows = s["rows"]
     out = ["| engine, format | bits/weight | prefill tok/s (range) | decode tok/s (range) | prefill vs MNN | "
-           "decode vs MNN | tensor types |", "|---|---|---|---|---|---|---|"]
+           "decode vs MNN | best prefill / decode vs MNN's best | tensor types |", "|---|---|---|---|---|---|---|---|"]
     for k, r in sorted(rows.items(), key=lambda kv: (kv[1]["engine"] != "llama.cpp", kv[1]["bits"])):
         peer = mnn_peer_of(rows, r["bits"]) if r["engine"] == "llama.cpp" else None
-        rp = rd = "-"
+        rp = rd = rb = "-"
         if peer:
             rp = f"{r['prefill_tok_s'] / rows[peer]['prefill_tok_s']:.2f}x ({peer.split()[1]})"
             rd = f"{r['decode_tok_s'] / rows[peer]['decode_tok_s']:.2f}x"
+            q = rows[peer]
+            rb = (f"{r['prefill_range'][1] / q['prefill_range'][1]:.2f}x / "
+                  f"{r['decode_range'][1] / q['decode_range'][1]:.2f}x")
         pr, dr = r["prefill_range"], r["decode_range"]
         out.append(f"| {k} | {r['bits']:.2f} | {r['prefill_tok_s']:.1f} ({pr[0]:.0f}-{pr[1]:.0f}) | "
-                   f"{r['decode_tok_s']:.2f} ({dr[0]:.1f}-{dr[1]:.1f}) | {rp} | {rd} | {_types(r['types'])} |")
+                   f"{r['decode_tok_s']:.2f} ({dr[0]:.1f}-{dr[1]:.1f}) | {rp} | {rd} | {rb} | {_types(r['types'])} |")
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ def run_worker(*args: str, threads: int | None = None, timeout: float = 3600, lo
     """Run `worker.py ARGS` in the MNN venv (or `python`) under the guard; its result is the JSON after RESULT."""
     py = python or venv_python()
     proc = subprocess.run([str(py), str(WORKER), *args], env=guarded_env(threads), capture_output=True,
-                          text=True, timeout=timeout, cwd=str(WORKER.parent))
+                          text=True, timeout=timeout,
+                          cwd=str(log.parent) if log else tempfile.gettempdir())  # llmexport writes .export.log here
     if log is not None:
         log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     if proc.returncode != 0:
