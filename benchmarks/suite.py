@@ -26,6 +26,9 @@ row says otherwise, with the same thread count everywhere):
   PyTorch reference (speech.bench_token2wav) and vs a FLOP roofline (FLOPs counted by torch's
   FlopCounterMode on the reference for the same codes, over the sgemm GFLOP/s); a spoken reply (preset
   fast): time to first token and to first audio (speech.bench_chat).
+- peer (not a section: its own script, benchmarks/mnn_peer.py): llama.cpp in our formats vs MNN 3.6.1 on
+  the same synthetic decoder (3B/7B thinker, 3B talker widths), alternating; skipped with a message
+  when scripts/mnn_venv.sh has not made the MNN venv. Results in mnn_peer.md.
 - converter: not re-run (no full-size bf16 HF checkpoint can be synthesised cheaply); the last measured
   figures are reported with their source.
 Writes benchmarks/results/suite-<shape>.json (after every section), suite.md and suite.png.

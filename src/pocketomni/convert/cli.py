@@ -10,6 +10,7 @@ from pocketomni.convert.pipeline import (
     DEFAULT_MMPROJ_QUANT,
     DEFAULT_QUANT,
     MMPROJ_QUANTS,
+    QUANT_PRESETS,
     THINKER_QUANTS,
     convert_checkpoint,
 )
@@ -32,12 +33,15 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("out_dir", metavar="OUT_DIR",
                    help="folder to write the GGUF files into (created if needed)")
     p.add_argument("--quant", default=DEFAULT_QUANT,
-                   help=f"thinker type: {', '.join(THINKER_QUANTS)} (default {DEFAULT_QUANT})")
+                   help=f"thinker type: {', '.join(THINKER_QUANTS)}, or a preset for thinker and talker: "
+                        f"fast = {'/'.join(QUANT_PRESETS['fast'])} (fastest on CPU at <= 5 bits per weight), "
+                        f"faithful = {'/'.join(QUANT_PRESETS['faithful'])} (closest to bf16) "
+                        f"(default {DEFAULT_QUANT}; README: choosing a format)")
     p.add_argument("--mmproj-quant", default=DEFAULT_MMPROJ_QUANT,
                    help=f"vision/audio projector type: {', '.join(MMPROJ_QUANTS)} "
                         f"(default {DEFAULT_MMPROJ_QUANT})")
     p.add_argument("--talker-quant", default=None,
-                   help=f"talker type: {', '.join(THINKER_QUANTS)} (default: same as --quant)")
+                   help=f"talker type: {', '.join(THINKER_QUANTS)} (default: the preset's, or same as --quant)")
     p.add_argument("--token2wav-type", default=DEFAULT_TOKEN2WAV_TYPE, choices=TOKEN2WAV_TYPES,
                    help=f"token2wav weight matrices (DiT, BigVGAN): {', '.join(TOKEN2WAV_TYPES)} "
                         f"(default {DEFAULT_TOKEN2WAV_TYPE}, half the memory; computed in float32 either way)")

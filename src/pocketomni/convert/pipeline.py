@@ -37,7 +37,13 @@ log = logging.getLogger("pocketomni")
 
 THINKER_QUANTS = tuple(DIRECT_TYPES) + tuple(LLAMA_QUANT_TYPES)
 MMPROJ_QUANTS = tuple(MMPROJ_TYPES)
-DEFAULT_QUANT = "q4_k_m"
+# `--quant` presets: name -> (thinker type, talker type), chosen from benchmarks/results/mnn_peer.md and
+# quant_fidelity.md (issue 20). "fast": the fastest on CPU at <= 5 bits per weight (q4_0 is the type
+# llama.cpp repacks for its x86/ARM kernels at every width; q4_k_m falls back to unrepacked q5_0/q6_K
+# on the 896-wide talker). "faithful": the closest to the bf16 checkpoint short of f16 (q8_0, ~half
+# the f16 size). An explicit --talker-quant overrides the preset's talker type.
+QUANT_PRESETS = {"fast": ("q4_0", "q4_0"), "faithful": ("q8_0", "q8_0")}
+DEFAULT_QUANT = "fast"
 DEFAULT_MMPROJ_QUANT = "f16"
 
 
@@ -78,6 +84,15 @@ def check_quant(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if v not in allowed:
         raise ConversionError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}.")
     return v
+
+
+def resolve_quants(quant: str, talker_quant: str | None) -> tuple[str, str]:
+    """(thinker type, talker type) from `--quant` (a type or a QUANT_PRESETS name) and `--talker-quant`
+    (default: the preset's talker type, or the thinker's type)."""
+    q = quant.lower()
+    thinker, talker = QUANT_PRESETS.get(q, (q, q))
+    thinker = check_quant("--quant", thinker, THINKER_QUANTS + tuple(QUANT_PRESETS))
+    return thinker, check_quant("--talker-quant", talker_quant or talker, THINKER_QUANTS)
 
 
 def _n_params(shapes: dict[str, tuple[int, ...]]) -> int:
@@ -157,7 +172,8 @@ def convert_checkpoint(
     """Convert a Hugging Face Qwen2.5-Omni checkpoint into a PocketOmni model folder.
 
     Writes `thinker-<quant>.gguf`, `mmproj-<mmproj_quant>.gguf` and `pocketomni.json` into `out_dir`;
-    with `speech` (the default) also `talker-<talker_quant>.gguf` (talker_quant defaults to quant) and
+    with `speech` (the default) also `talker-<talker_quant>.gguf` (talker_quant defaults to quant, or to
+    the preset's talker type when quant names a QUANT_PRESETS entry: "fast", "faithful") and
     `token2wav-<token2wav_type>.gguf` (DiT, ECAPA, BigVGAN, speakers and the thinker->talker projection;
     token2wav_type "f16", the default, stores the network's matrices as float16, "f32" as float32).
     Raises ConversionError, before writing anything, when the checkpoint is not Qwen2.5-Omni, files or
@@ -166,9 +182,8 @@ def convert_checkpoint(
     files the new one does not write are removed too).
     """
     t0 = time.perf_counter()
-    quant = check_quant("--quant", quant, THINKER_QUANTS)
+    quant, talker_quant = resolve_quants(quant, talker_quant)
     mmproj_quant = check_quant("--mmproj-quant", mmproj_quant, MMPROJ_QUANTS)
-    talker_quant = check_quant("--talker-quant", talker_quant or quant, THINKER_QUANTS)
     t2w_type = check_token2wav_type(token2wav_type)
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():

@@ -22,12 +22,17 @@ from pocketomni.errors import ConversionError
 
 # The target types `pocketomni convert --quant` offers through llama.cpp (llama_ftype values, llama.h).
 # q4_0 is the one llama.cpp repacks on x86 at any width (q4_k_m falls back to q5_0 where a row is not
-# a multiple of 256, e.g. the 3B talker's 896).
+# a multiple of 256, e.g. the 3B talker's 896). The mixes (q4_0, q4_k_m, q5_k_m) keep the output head
+# in a wider type (q6_K, or q8_0 where rows are not multiples of 256); a `_pure` type stores every
+# matrix, head and input table included, in the one type (llama.cpp's `--pure`).
 LLAMA_QUANT_TYPES = {
     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    "q5_k_m": gguf.LlamaFileType.MOSTLY_Q5_K_M,
     "q4_k_m": gguf.LlamaFileType.MOSTLY_Q4_K_M,
     "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+    "q4_0_pure": gguf.LlamaFileType.MOSTLY_Q4_0,
 }
+PURE_SUFFIX = "_pure"
 # Keep llama.cpp's working buffers small: slabs of at most this many bytes of rows.
 MAX_BUF_BYTES = 256 << 20
 
@@ -45,6 +50,7 @@ def llama_quantize(src: Path, dst: Path, quant: str, threads: int | None = None)
         ) from e
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(LLAMA_QUANT_TYPES[quant])
+    params.pure = quant.endswith(PURE_SUFFIX)
     params.nthread = threads if threads and threads > 0 else (os.cpu_count() or 1)
     if hasattr(params, "max_buf_size"):
         params.max_buf_size = MAX_BUF_BYTES

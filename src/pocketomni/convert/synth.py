@@ -34,10 +34,12 @@ from pocketomni.convert.mmproj import mmproj_expected, mmproj_plan
 from pocketomni.convert.pipeline import (
     DEFAULT_MMPROJ_QUANT,
     MMPROJ_QUANTS,
+    QUANT_PRESETS,
     THINKER_QUANTS,
     ConversionResult,
     check_quant,
     converter_version,
+    resolve_quants,
     source_summary,
     write_folder,
 )
@@ -280,9 +282,11 @@ def synth_model(
     t0 = time.perf_counter()
     if preset not in PRESETS:
         raise ConversionError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
-    quant = check_quant("--quant", quant, THINKER_QUANTS)
+    if quant.lower() not in QUANT_PRESETS:
+        quant = check_quant("--quant", quant, THINKER_QUANTS + tuple(QUANT_PRESETS))
+        talker_quant = talker_quant or default_talker_quant(preset, quant)
+    quant, talker_quant = resolve_quants(quant, talker_quant)
     mmproj_quant = check_quant("--mmproj-quant", mmproj_quant, MMPROJ_QUANTS)
-    talker_quant = check_quant("--talker-quant", talker_quant or default_talker_quant(preset, quant), THINKER_QUANTS)
     t2w_type = check_token2wav_type(token2wav_type)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ConversionError(f"--seed {seed!r} must be a non-negative integer.")
