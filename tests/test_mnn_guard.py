@@ -73,8 +73,8 @@ def test_mnn_logger_stays_offline_in_venv() -> None:
         py = peer.venv_python()
     except peer.MNNUnavailable:
         py = None
-    if py is None:  # the venv is optional; what runs then is the unguarded-import check below
+    if py is None:  # the MNN venv is optional (scripts/mnn_venv.sh); say so instead of passing unchecked
         assert not os.environ.get("POCKETOMNI_REQUIRE_MNN"), "POCKETOMNI_REQUIRE_MNN set but no MNN venv"
-        return
+        pytest.skip("no MNN venv: run scripts/mnn_venv.sh to check MNN's usage logger stays offline")
     res = peer.run_worker("telemetry", python=py, timeout=300)
     assert res == {"aliyun_stub": True, "logger_network_available": False}
