@@ -68,17 +68,30 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (F32(1.0) + np.exp(-x))
 
 
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    c = F32(math.sqrt(2.0 / math.pi))
-    return F32(0.5) * x * (F32(1.0) + np.tanh(c * (x + F32(0.044715) * x * x * x)))
+def gelu_tanh_(x: np.ndarray) -> np.ndarray:
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), overwriting x (a float32 temporary of the
+    caller's) with one temporary."""
+    t = x * F32(0.044715)
+    t *= x
+    t *= x
+    t += x
+    t *= F32(math.sqrt(2.0 / math.pi))
+    np.tanh(t, out=t)
+    t += F32(1.0)
+    x *= F32(0.5)
+    x *= t
+    return x
 
 
-def layer_norm(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """LayerNorm over the last axis without affine parameters."""
-    mean = x.mean(axis=-1, keepdims=True)
-    xc = x - mean
-    var = (xc * xc).mean(axis=-1, keepdims=True)
-    return xc / np.sqrt(var + F32(eps))
+def ada_layer_norm(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """LayerNorm over the last axis (no affine parameters), then * (1 + scale) + shift; a new array."""
+    xc = x - x.mean(axis=-1, keepdims=True)
+    sq = xc * xc
+    var = sq.mean(axis=-1, keepdims=True)
+    xc /= np.sqrt(var + F32(eps))
+    xc *= F32(1) + scale
+    xc += shift
+    return xc
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
