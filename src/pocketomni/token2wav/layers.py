@@ -199,11 +199,16 @@ class BlockFIR:
     def __call__(self, x: np.ndarray, groups: int) -> np.ndarray:
         c, M, s = x.shape[0], self.M, self.step
         nb = -(-groups // M)
-        need = s * nb * M + s * M
-        if x.shape[1] < need:
-            x = np.concatenate([x, np.zeros((c, need - x.shape[1]), F32)], axis=1)
-        X = np.empty((c, nb, s * M + self.extra), F32)
-        X[:, :, : s * M] = x[:, : s * nb * M].reshape(c, nb, s * M)
-        X[:, :, s * M :] = x[:, s * M : s * M + s * nb * M].reshape(c, nb, s * M)[:, :, : self.extra]
+        width, hop = s * M + self.extra, s * M
+        X = np.empty((c, nb, width), F32)
+        # Block j reads x[:, hop*j : hop*j + width]: the blocks inside x in one strided copy (no padded
+        # copy of x), the last ones (past x's end) zero-filled.
+        full = min(nb, (x.shape[1] - width) // hop + 1) if x.shape[1] >= width else 0
+        if full:
+            X[:, :full] = np.lib.stride_tricks.sliding_window_view(x, width, axis=1)[:, : hop * full : hop]
+        for j in range(full, nb):
+            part = x[:, hop * j : hop * j + width]
+            X[:, j, : part.shape[1]] = part
+            X[:, j, part.shape[1] :] = 0
         y = X.reshape(c * nb, -1) @ self.T
         return y.reshape(c, nb * M * self.out_per)[:, : groups * self.out_per]
