@@ -48,7 +48,14 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 PROMPT = "Tell me a long story about a lighthouse keeper and the storm that changed the coast."
-FIRST_CHUNK_CODES = {"exact": 72, "chunked": 49}  # codes before the first audio (tests/test_speech_chat.py)
+
+def first_chunk() -> tuple[int, int]:
+    """The SDK's default short first chunk (codes, future codes): the turns use it, so do the bound and
+    the token2wav-alone figures."""
+    from pocketomni.options import SpeechOptions
+
+    o = SpeechOptions()
+    return o.first_chunk_codes, o.first_chunk_future
 PROJECT_CORES = 8
 
 
@@ -119,7 +126,8 @@ def token2wav_alone(omni: Any, threads: int, codes: int) -> dict[str, float]:
     seq = np.random.default_rng(1).integers(0, eng.token2wav.dit.cfg.num_embeds, codes)
     old = set_blas_threads(threads)
     try:
-        s = eng.token2wav.stream(spk, "fast", mode="exact", seed=0)
+        fc, ff = first_chunk()
+        s = eng.token2wav.stream(spk, "fast", mode="exact", seed=0, first_chunk_codes=fc, first_chunk_future=ff)
         t0 = time.perf_counter()
         first = 0.0
         n = 0
@@ -169,6 +177,7 @@ def spoken_turn(omni: Any, pipelined: bool, tokens: int, codes: int,
         (len(done.tokens), len(sp.codes))
     chat.close()
     return {"first_text_s": tm.time_to_first_token, "first_audio_s": tm.time_to_first_audio,
+            "first_audio_after_text_s": tm.time_to_first_audio - tm.time_to_first_token,
             "text_done_s": text_end, "total_s": tm.total_seconds, "audio_s": tm.audio_seconds,
             "rtf": tm.real_time_factor, "thinker_busy_s": busy[0], "talker_busy_s": sp.talker_seconds,
             "token2wav_busy_s": sp.render_seconds, "cpu_s": cpu}
@@ -203,7 +212,7 @@ def projection(st: dict[str, Any], tokens: int, codes: int) -> dict[str, float]:
             "token2wav": per_audio["token2wav"](sp.token2wav)}
     seq = {k: f(n) for k, f in per_audio.items()}
     ttft = st["thinker"]["2"]["ttft_s"]  # prefill: not projected (short prompt)
-    fc = FIRST_CHUNK_CODES["exact"]
+    fc = first_chunk()[0]
     paced = min(fc, tokens)
     return {
         "cores": n, "split": [sp.thinker, sp.talker, sp.token2wav],
@@ -263,9 +272,9 @@ def run(folder: Path, label: str, repeats: int, tokens: int, codes: int) -> dict
         "first_audio_s": first_audio_bound(min(st["thinker"][k]["ttft_s"] for k in ks),
                                            max(st["thinker"][k]["tok_s"] for k in ks),
                                            max(st["talker_codes_s"][k] for k in ks), tokens,
-                                           FIRST_CHUNK_CODES["exact"],
+                                           first_chunk()[0],
                                            min(st["token2wav"][k]["first_chunk_s"] for k in ks)),
-        "first_chunk_codes": FIRST_CHUNK_CODES["exact"],
+        "first_chunk_codes": first_chunk()[0],
     }
     if "1" in st["thinker"] and "2" in st["thinker"]:
         out["projection"] = projection(st, tokens, codes)
@@ -318,11 +327,14 @@ def write_report() -> None:
                    "pipelined / sequential (same threads) |"),
                   "|---|---|---|---|---|---|"]
         rows = [("text prompt -> first text (s)", "first_text_s"), ("text prompt -> first audio (s)", "first_audio_s"),
+                ("first text -> first audio (s)", "first_audio_after_text_s"),
                 ("text prompt -> end of text (s)", "text_done_s"), ("total (s)", "total_s"),
                 ("sustained RTF (s per audio s)", "rtf"), ("thinker decode busy (s)", "thinker_busy_s"),
                 ("talker busy (s)", "talker_busy_s"), ("token2wav busy (s)", "token2wav_busy_s"),
                 ("process CPU (s)", "cpu_s")]
         for name, k in rows:
+            if k not in md["pipelined"]:  # a figure older runs did not record
+                continue
             s, p = md["sequential"][k], md["pipelined"][k]
             s1 = md["sequential_split"][k] if "sequential_split" in md else float("nan")
             lines.append(f"| {name} | {fmt(s)} | {fmt(s1)} | {fmt(p)} | {fmt(p / s if s else float('nan'), 'x')} | "

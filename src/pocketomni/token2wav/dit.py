@@ -21,7 +21,7 @@ from pocketomni.mapped_pages import release_file_pages
 from pocketomni.token2wav.config import DiTConfig
 from pocketomni.token2wav.ecapa import Ecapa
 from pocketomni.token2wav.half import to_f32
-from pocketomni.token2wav.layers import F32, gelu_tanh, layer_norm, linear, silu, softmax, sub, take
+from pocketomni.token2wav.layers import F32, ada_layer_norm, gelu_tanh_, linear, silu, softmax, sub, take
 from pocketomni.token2wav.stop import check_stop
 
 
@@ -192,7 +192,7 @@ class DiT:
     def head(self, h: np.ndarray, t: float, guidance: float) -> np.ndarray:
         """Velocity rows (T, mel_dim) from the last layer's output (batch, T, hidden), guidance mixed in."""
         scale, shift = self._time(t)[1]
-        out = linear(layer_norm(h) * (F32(1) + scale) + shift, self.proj_out_w, self.proj_out_b)
+        out = linear(ada_layer_norm(h, scale, shift), self.proj_out_w, self.proj_out_b)
         if guidance >= 1e-5:
             return out[0] + (out[0] - out[1]) * F32(guidance)
         return out[0]
@@ -218,15 +218,21 @@ class DiT:
         """One block on rows a0..a1 of h (all rows of h serve as keys/values)."""
         nb, n, hid = h.shape
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
-        norm = layer_norm(h) * (F32(1) + scale_msa) + shift_msa
-        rows = norm.reshape(nb * n, hid)
+        rows = ada_layer_norm(h, scale_msa, shift_msa).reshape(nb * n, hid)
         qkv = np.concatenate([linear(rows, w, b) for w, b in L.qkv], axis=1)
         qkv = qkv.reshape(nb, n, 3, self.cfg.num_attention_heads, self.cfg.head_dim)
         a = self._attention(qkv, L, a0, a1, cos, sin)
-        h = h[:, a0:a1] + gate_msa * linear(a, L.out_w, L.out_b).reshape(nb, a1 - a0, hid)
-        norm = layer_norm(h) * (F32(1) + scale_mlp) + shift_mlp
-        ff = linear(gelu_tanh(linear(norm.reshape(-1, hid), L.ff1_w, L.ff1_b)), L.ff2_w, L.ff2_b)
-        return h + gate_mlp * ff.reshape(nb, a1 - a0, hid)
+        # Residuals in place on the fresh products (x + g * y as y *= g; y += x: the same values).
+        out = linear(a, L.out_w, L.out_b).reshape(nb, a1 - a0, hid)
+        out *= gate_msa
+        out += h[:, a0:a1]
+        h = out
+        norm = ada_layer_norm(h, scale_mlp, shift_mlp)
+        ff = linear(gelu_tanh_(linear(norm.reshape(-1, hid), L.ff1_w, L.ff1_b)), L.ff2_w, L.ff2_b)
+        ff = ff.reshape(nb, a1 - a0, hid)
+        ff *= gate_mlp
+        ff += h
+        return ff
 
     def _attention(
         self, qkv: np.ndarray, L: _Layer, a0: int, a1: int, cos: np.ndarray, sin: np.ndarray

@@ -43,28 +43,55 @@ def sub(weights: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]
 
 
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """x @ w.T + b over the last axis (w in torch (out, in) layout, float32 or float16)."""
-    y = x @ dense(w).T
-    if b is not None:
-        y += b
-    return y
+    """x @ w.T + b over the last axis (w in torch (out, in) layout, float32 or float16).
+
+    Rows (2-D x) are computed transposed, (w @ x.T).T: OpenBLAS packs the big operand better as the
+    left one, so with few rows (streaming steps: 24-144) this runs 1.1-1.4x faster single-threaded on
+    AMD EPYC (72 rows x 1024 -> 1024: 61 -> 72 GFLOP/s); the output's transposing copy costs ~1 ns
+    per value, under 3% of the product at 72 rows. Same dot products, BLAS rounding may differ."""
+    wd = dense(w)
+    if x.ndim != 2:
+        y = x @ wd.T
+        if b is not None:
+            y += b
+        return y
+    yt = wd @ x.T
+    out = np.empty((x.shape[0], wd.shape[0]), np.result_type(yt, F32))
+    if b is None:
+        np.copyto(out, yt.T)
+    else:
+        np.add(yt.T, b, out=out)
+    return out
 
 
 def silu(x: np.ndarray) -> np.ndarray:
     return x / (F32(1.0) + np.exp(-x))
 
 
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    c = F32(math.sqrt(2.0 / math.pi))
-    return F32(0.5) * x * (F32(1.0) + np.tanh(c * (x + F32(0.044715) * x * x * x)))
+def gelu_tanh_(x: np.ndarray) -> np.ndarray:
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), overwriting x (a float32 temporary of the
+    caller's) with one temporary."""
+    t = x * F32(0.044715)
+    t *= x
+    t *= x
+    t += x
+    t *= F32(math.sqrt(2.0 / math.pi))
+    np.tanh(t, out=t)
+    t += F32(1.0)
+    x *= F32(0.5)
+    x *= t
+    return x
 
 
-def layer_norm(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """LayerNorm over the last axis without affine parameters."""
-    mean = x.mean(axis=-1, keepdims=True)
-    xc = x - mean
-    var = (xc * xc).mean(axis=-1, keepdims=True)
-    return xc / np.sqrt(var + F32(eps))
+def ada_layer_norm(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """LayerNorm over the last axis (no affine parameters), then * (1 + scale) + shift; a new array."""
+    xc = x - x.mean(axis=-1, keepdims=True)
+    sq = xc * xc
+    var = sq.mean(axis=-1, keepdims=True)
+    xc /= np.sqrt(var + F32(eps))
+    xc *= F32(1) + scale
+    xc += shift
+    return xc
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -172,11 +199,16 @@ class BlockFIR:
     def __call__(self, x: np.ndarray, groups: int) -> np.ndarray:
         c, M, s = x.shape[0], self.M, self.step
         nb = -(-groups // M)
-        need = s * nb * M + s * M
-        if x.shape[1] < need:
-            x = np.concatenate([x, np.zeros((c, need - x.shape[1]), F32)], axis=1)
-        X = np.empty((c, nb, s * M + self.extra), F32)
-        X[:, :, : s * M] = x[:, : s * nb * M].reshape(c, nb, s * M)
-        X[:, :, s * M :] = x[:, s * M : s * M + s * nb * M].reshape(c, nb, s * M)[:, :, : self.extra]
+        width, hop = s * M + self.extra, s * M
+        X = np.empty((c, nb, width), F32)
+        # Block j reads x[:, hop*j : hop*j + width]: the blocks inside x in one strided copy (no padded
+        # copy of x), the last ones (past x's end) zero-filled.
+        full = min(nb, (x.shape[1] - width) // hop + 1) if x.shape[1] >= width else 0
+        if full:
+            X[:, :full] = np.lib.stride_tricks.sliding_window_view(x, width, axis=1)[:, : hop * full : hop]
+        for j in range(full, nb):
+            part = x[:, hop * j : hop * j + width]
+            X[:, j, : part.shape[1]] = part
+            X[:, j, part.shape[1] :] = 0
         y = X.reshape(c * nb, -1) @ self.T
         return y.reshape(c, nb * M * self.out_per)[:, : groups * self.out_per]
