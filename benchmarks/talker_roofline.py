@@ -91,7 +91,6 @@ def code_bytes(path: Path, mean_pos: float) -> dict[str, float]:
 
 def talker_run(tk: Any, threads: int, codes: int) -> dict[str, float]:
     """Codes/s of the real code loop at `threads`, with the llama_decode share timed apart."""
-    from pocketomni.options import SpeechOptions
 
     old = tk.ctx.threads
     tk.ctx.set_threads(threads)
@@ -106,14 +105,7 @@ def talker_run(tk: Any, threads: int, codes: int) -> dict[str, float]:
             spent[0] += time.perf_counter() - t
 
     try:
-        rng = np.random.default_rng(0)
-        prompt = rng.standard_normal((PROMPT_ROWS, tk.thinker_width), dtype=np.float32) * 0.5
-        reply = rng.standard_normal((codes + 1, tk.thinker_width), dtype=np.float32) * 0.5
-        tk.start(prompt, np.tile(np.arange(PROMPT_ROWS), (3, 1)), "Chelsie", reply[0],
-                 SpeechOptions(max_codes=codes, seed=1))
-        for row in reply[1:]:
-            tk.push_reply(row)
-        tk.finish_reply()
+        _start_reply(tk, codes, seed=0)
         tk.ctx.decode_row = timed
         c0, t0 = time.process_time(), time.perf_counter()
         n = sum(1 for _ in tk.codes())
@@ -125,12 +117,11 @@ def talker_run(tk: Any, threads: int, codes: int) -> dict[str, float]:
             "python_ms": 1e3 * (wall - spent[0]) / n}
 
 
-def python_per_code(tk: Any, codes: int) -> float:
-    """CPU ms of the SDK's own per-code work (embedding row, sampling, bookkeeping): the code loop with
-    llama_decode replaced by a copy of one real logits row, on this thread (no llama.cpp time in it)."""
+def _start_reply(tk: Any, codes: int, seed: int) -> None:
+    """Start the talker on a random prompt and a whole random reply (so codes run without waiting)."""
     from pocketomni.options import SpeechOptions
 
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(seed)
     prompt = rng.standard_normal((PROMPT_ROWS, tk.thinker_width), dtype=np.float32) * 0.5
     reply = rng.standard_normal((codes + 1, tk.thinker_width), dtype=np.float32) * 0.5
     tk.start(prompt, np.tile(np.arange(PROMPT_ROWS), (3, 1)), "Chelsie", reply[0],
@@ -138,6 +129,13 @@ def python_per_code(tk: Any, codes: int) -> float:
     for row in reply[1:]:
         tk.push_reply(row)
     tk.finish_reply()
+
+
+def python_per_code(tk: Any, codes: int) -> float:
+    """CPU ms of the SDK's own per-code work (embedding row, sampling, bookkeeping): the code loop with
+    llama_decode replaced by a copy of one real logits row, on this thread (no llama.cpp time in it)."""
+
+    _start_reply(tk, codes, seed=2)
     row0 = tk.last_logits.copy()
     tk.ctx.decode_row = lambda x, pos: row0.copy()
     try:

@@ -246,16 +246,25 @@ def _decode_track(av: Any, path: str) -> PreparedAudio | None:
     return prepare_audio((to_mono(np.concatenate(parts)), rate))
 
 
-def _from_file(path: Path, with_audio: bool, cfg: VideoConfig) -> PreparedVideo:
-    av = _require_av()
+def _check_file(path: Path) -> None:
     if not path.is_file():
         raise MediaError(f"video file not found: {path}; check the path")
+
+
+def _video_stream(container: Any, path: Path) -> tuple[Any, float]:
+    """The first video stream of an open PyAV container and its frame rate (0 when unknown)."""
+    if not container.streams.video:
+        raise MediaError(f"{path} has no video stream; pass it as audio instead")
+    stream = container.streams.video[0]
+    return stream, float(stream.average_rate or stream.guessed_rate or 0)
+
+
+def _from_file(path: Path, with_audio: bool, cfg: VideoConfig) -> PreparedVideo:
+    av = _require_av()
+    _check_file(path)
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise MediaError(f"{path} has no video stream; pass it as audio instead")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            stream, fps = _video_stream(container, path)
             total = sum(1 for pkt in container.demux(stream) if pkt.size)
         if total == 0 or fps <= 0:
             raise MediaError(f"{path} holds no decodable video frames")
@@ -288,14 +297,10 @@ def iter_video_frames(path: str | os.PathLike) -> tuple[float, Iterator[np.ndarr
     PyAV). For players (a file played as a live camera); prepare_video samples a file for the model."""
     av = _require_av()
     p = Path(path)
-    if not p.is_file():
-        raise MediaError(f"video file not found: {p}; check the path")
+    _check_file(p)
     try:
         with av.open(str(p)) as container:
-            if not container.streams.video:
-                raise MediaError(f"{p} has no video stream")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            fps = _video_stream(container, p)[1]
     except MediaError:
         raise
     except Exception as exc:
