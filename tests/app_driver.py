@@ -80,6 +80,7 @@ def run_driver(scenario: str, model: Path, out: Path, *, speech: str, shots: Pat
 # ---------------------------------------------------------------- thread records (model work)
 
 THREADS: list[dict[str, Any]] = []
+PLANS: list[list[dict[str, Any]]] = []  # per chat turn: the media as prepared for the encoders
 MAIN = threading.main_thread().ident
 
 
@@ -93,7 +94,7 @@ def _instrument() -> None:
     import pocketomni.chat.chat as chat_mod
     import pocketomni.omni as omni_mod
 
-    orig_init, orig_run = omni_mod.Omni.__init__, chat_mod.Chat._run
+    orig_init, orig_run, orig_plan = omni_mod.Omni.__init__, chat_mod.Chat._run, chat_mod.Chat._plan
 
     def init(self: Any, *a: Any, **k: Any) -> None:
         _record("Omni.load")
@@ -103,8 +104,25 @@ def _instrument() -> None:
         _record("Chat turn")
         yield from orig_run(self, *a, **k)
 
+    def plan(self: Any, *a: Any, **k: Any) -> Any:
+        out = orig_plan(self, *a, **k)
+        PLANS.append([_prepared(p) for p in out[2]])
+        return out
+
     omni_mod.Omni.__init__ = init  # type: ignore[method-assign]
     chat_mod.Chat._run = run  # type: ignore[method-assign]
+    chat_mod.Chat._plan = plan  # type: ignore[method-assign]
+
+
+def _prepared(p: Any) -> dict[str, Any]:
+    """What the encoders get for one media item (a video: its frames, rate and sound track)."""
+    out: dict[str, Any] = {"kind": p.part.kind, "label": p.part.label}
+    if p.video is not None:
+        out.update(frames=list(p.video.frames.shape), sample_fps=p.video.sample_fps, grid=list(p.video.grid_thw),
+                   video_tokens=p.video.n_video_tokens,
+                   audio_seconds=None if p.audio is None else p.audio.samples.size / 16000,
+                   audio_tokens=None if p.audio is None else p.audio.n_tokens)
+    return out
 
 
 def _import_kivy() -> None:
@@ -269,7 +287,10 @@ class Driver:
         self.out, self.shots = Path(args.out), Path(args.shots or args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.shots.mkdir(parents=True, exist_ok=True)
-        self.app = PocketOmniDemo(None, n_threads=1, max_tokens=args.max_tokens)
+        camera_file = None
+        if args.scenario == "camera":
+            camera_file = str(_scene_clip(self.out / "camera_scene.mp4"))
+        self.app = PocketOmniDemo(None, n_threads=1, max_tokens=args.max_tokens, camera_file=camera_file)
         if args.max_codes:
             self.app.engine.speech_options = {"max_codes": args.max_codes}
         self.events: list[tuple[float, Any]] = []
@@ -372,6 +393,9 @@ class Driver:
         except Exception as e:  # noqa: BLE001
             r["errors"].append(f"history: {e!r}")
         r["threads"] = THREADS
+        r["plans"] = PLANS
+        s = self.app.engine.session
+        r["camera_pixels"] = None if s is None else s.camera_pixels
         r["frames"] = self.probe.summary()
         r["slow_frames"] = self.probe.slow
         r["status"] = self.app.status
@@ -507,6 +531,23 @@ class Driver:
         self.screenshot("06_barge_in")
 
 
+    def scenario_camera(self) -> Any:
+        conv = yield from self.load_model()
+        if conv.ids.cam_btn.disabled:
+            raise Failed("the camera button is disabled")
+        tap(conv.ids.cam_btn)
+        yield Until(lambda: conv.ids.cam_preview.texture is not None, 10, "the camera preview")
+        yield Until(lambda: self.app.engine.session.camera is not None, 10, "the session's camera")
+        yield 1.0
+        yield from self.ask(QUESTION, 1)
+        yield 0.5
+        self.screenshot("08_camera")
+        tap(conv.ids.cam_btn)  # camera off: the next turn is voice only
+        yield Until(lambda: self.app.engine.session.camera is None and conv.camera is None, 10, "camera off")
+        yield 0.5
+        yield from self.ask(QUESTION_2, 2)
+
+
 def _fields(e: Any) -> dict[str, Any]:
     if isinstance(e, po.TextDelta):
         return {"text": e.text}
@@ -516,9 +557,34 @@ def _fields(e: Any) -> dict[str, Any]:
         return {"finish": e.done.finish_reason, "interrupted": e.interrupted, "first_text": e.first_text_latency,
                 "first_audio": e.first_audio_latency, "decode_tps": e.done.timings.decode_tokens_per_second,
                 "rtf": e.done.timings.real_time_factor, "text": e.done.text}
-    if isinstance(e, (UserTurn, BargeIn, UserSpeaking)):
+    if isinstance(e, UserTurn):
+        return {**{k: v for k, v in vars(e).items() if k not in ("audio", "frames")},
+                "frames": None if e.frames is None else list(e.frames.shape)}
+    if isinstance(e, (BargeIn, UserSpeaking)):
         return {k: v for k, v in vars(e).items() if k != "audio"}
     return {k: str(v) for k, v in vars(e).items()} if hasattr(e, "__dict__") else {}
+
+
+def _scene_clip(path: Path, seconds: int = 6, fps: int = 10) -> Path:
+    """A kitchen-like test video for the file-backed camera: a counter, a red bowl sliding across."""
+    import av
+    from PIL import Image, ImageDraw
+
+    w, h = 640, 480
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("mpeg4", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        for i in range(seconds * fps):
+            im = Image.new("RGB", (w, h), (230, 220, 200))
+            d = ImageDraw.Draw(im)
+            d.rectangle([0, 300, w, h], fill=(120, 90, 60))
+            x = 20 + (i * 8) % (w - 300)
+            d.ellipse([x, 160, x + 260, 340], fill=(200, 40, 40))
+            for pkt in vs.encode(av.VideoFrame.from_ndarray(np.asarray(im), format="rgb24")):
+                out.mux(pkt)
+        for pkt in vs.encode(None):
+            out.mux(pkt)
+    return path
 
 
 def _kitchen_png(path: Path) -> None:
@@ -534,7 +600,7 @@ def _kitchen_png(path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("scenario", choices=["conversation", "barge_in"])
+    ap.add_argument("scenario", choices=["conversation", "barge_in", "camera"])
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--shots", default=None)

@@ -58,12 +58,14 @@ class Engine:
 
     def __init__(self, post: Callable[[Callable[[], None]], None], *, n_threads: int | None = None,
                  max_tokens: int = 512, input_device: Any = None, output_device: Any = None,
-                 platform: str | None = None) -> None:
+                 platform: str | None = None, camera_pixels: int | None = None) -> None:
         self._post = post
         self.platform = platform or detect_platform()
         self.audio = audio_backend(self.platform)
         self.n_threads, self.max_tokens = n_threads, max_tokens
         self.input_device, self.output_device = input_device, output_device
+        self.camera_pixels = camera_pixels  # frame budget of the live camera (None: the SDK's default)
+        self.camera: Any = None  # the live camera source while the camera is on (kept across conversations)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run_loop, name="demo-engine", daemon=True)
         self.thread.start()
@@ -151,12 +153,12 @@ class Engine:
             self.conversation = conv
             note = ""
             session = po.VoiceSession(self.chat, self.input_device, self.output_device, hands_free=conv.hands_free,
-                                      audio_backend=self.audio)
+                                      audio_backend=self.audio, camera=self.camera, camera_pixels=self.camera_pixels)
             try:
                 await asyncio.to_thread(session.start)
             except po.FeatureUnavailableError as e:  # no microphone (or no permission): typed turns still work
                 session = po.VoiceSession(self.chat, False, self.output_device, hands_free=conv.hands_free,
-                                          audio_backend=self.audio)
+                                          audio_backend=self.audio, camera_pixels=self.camera_pixels)
                 await asyncio.to_thread(session.start)
                 note = f"no microphone ({e}); type your messages"
             self.session = session
@@ -219,6 +221,11 @@ class Engine:
             self.session.hands_free = on
 
         self._call(switch)
+
+    def set_camera(self, source: Any) -> None:
+        """A live camera source (pocketomni.voice.camera) for the spoken turns, or None: camera off."""
+        self.camera = source
+        self._call(lambda: self.session.set_camera(source))
 
     def attach_image(self, path: str | None) -> None:
         self._call(lambda: self.session.attach_image(path))

@@ -1,6 +1,6 @@
 """PocketOmni voice demo (Kivy): pick a model folder, then talk to it.
 
-    python apps/kivy_demo/main.py [--model FOLDER] [--threads N] [--max-tokens N]
+    python apps/kivy_demo/main.py [--model FOLDER] [--threads N] [--max-tokens N] [--camera-file VIDEO]
 
 Model work runs on an asyncio loop in a background thread (engine.py); the UI thread only draws and
 reacts to events posted with Clock.schedule_once. Uses only the public `pocketomni` API.
@@ -60,10 +60,11 @@ class PocketOmniDemo(App):
     status = StringProperty("Choose a model folder and press Load.")
 
     def __init__(self, model: str | None = None, n_threads: int | None = None, max_tokens: int = 512,
-                 **kw: object) -> None:
+                 camera_file: str | None = None, camera_pixels: int | None = None, **kw: object) -> None:
         super().__init__(**kw)
         self.initial_model = model
-        self.engine = Engine(self.post, n_threads=n_threads, max_tokens=max_tokens)
+        self.camera_file = camera_file  # a video played as the camera (else the device's camera)
+        self.engine = Engine(self.post, n_threads=n_threads, max_tokens=max_tokens, camera_pixels=camera_pixels)
 
     @staticmethod
     def post(fn) -> None:  # type: ignore[no-untyped-def]
@@ -75,7 +76,7 @@ class PocketOmniDemo(App):
             try:
                 from android.permissions import Permission, request_permissions  # type: ignore[import-not-found]
 
-                request_permissions([Permission.RECORD_AUDIO])
+                request_permissions([Permission.RECORD_AUDIO, Permission.CAMERA])
             except ImportError:
                 pass
         Builder.load_file(str(HERE / "pocketomni_demo.kv"))
@@ -100,8 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", help="model folder to preselect")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp")
     ap.add_argument("--max-tokens", type=int, default=512, help="longest reply, in tokens")
+    ap.add_argument("--camera-file", help="a video file played as the camera (default: the device's camera)")
+    ap.add_argument("--camera-pixels", type=int, default=None,
+                    help="pixels per camera frame sent to the model (default: the SDK's, 160*28*28)")
     a = ap.parse_args(argv)
-    PocketOmniDemo(a.model, a.threads, a.max_tokens).run()
+    PocketOmniDemo(a.model, a.threads, a.max_tokens, a.camera_file, a.camera_pixels).run()
 
 
 if __name__ == "__main__":

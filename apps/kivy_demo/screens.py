@@ -10,6 +10,7 @@ import os
 import time
 from typing import Any
 
+from camera_view import GRAB_SECONDS, Preview, open_camera
 from engine import Conversation
 from fonts import fallback_markup
 from kivy.app import App
@@ -134,6 +135,9 @@ class ConversationScreen(Screen):
         self._n_deltas = 0
         self._audio_s = 0.0
         self.picker: ImagePicker | None = None
+        self.camera: Any = None  # camera_view.FileCamera / DeviceCamera while the camera is on
+        self._preview = Preview()
+        self._grab: Any = None
 
     # -- setup
     def begin(self, caps: Any) -> None:
@@ -142,6 +146,7 @@ class ConversationScreen(Screen):
             self.ids[key].disabled = not speech
         self.ids.speak.state = "down" if speech else "normal"
         self.ids.image_btn.disabled = not (caps and caps.vision)
+        self.ids.cam_btn.disabled = not (caps and caps.vision and caps.audio_in)
         self.active = True
         self._start(note="New conversation")
 
@@ -177,6 +182,9 @@ class ConversationScreen(Screen):
 
     def back(self) -> None:
         self.stop_reply()
+        if self.camera is not None:
+            self.ids.cam_btn.state = "normal"
+            self.toggle_camera(False)
         self.manager.current = "picker"
 
     # -- controls
@@ -207,6 +215,35 @@ class ConversationScreen(Screen):
         self.ids.thumb.source = path or ""
         self.ids.image_info.text = f"image for your next turn: {os.path.basename(path)}" if path else ""
 
+    def toggle_camera(self, on: bool) -> None:
+        """Camera on: spoken turns go to the model as video (2 fps) with your voice; the latest frame
+        shows beside the state line."""
+        app = App.get_running_app()
+        if on and self.camera is None:
+            try:
+                self.camera = open_camera(getattr(app, "camera_file", None))
+            except Exception as e:  # noqa: BLE001 -- no camera here: say so, keep the button off
+                self.ids.cam_btn.state = "normal"
+                self.add_line(f"[b]Camera:[/b] {fallback_markup(str(e))}", ERROR_BG)
+                return
+            app.engine.set_camera(self.camera.source)
+            self._grab = Clock.schedule_interval(self._show_frame, GRAB_SECONDS)
+            self.add_line(f"Camera on ({fallback_markup(os.path.basename(self.camera.name))}): the model sees "
+                          "what it shows while you speak.", NOTE_BG)
+        elif not on and self.camera is not None:
+            app.engine.set_camera(None)
+            if self._grab is not None:
+                self._grab.cancel()
+                self._grab = None
+            self.camera.close()
+            self.camera = None
+            self.ids.cam_preview.texture = None
+
+    def _show_frame(self, _dt: float) -> None:
+        frame = self.camera.frame() if self.camera is not None else None
+        if frame is not None:
+            self.ids.cam_preview.texture = self._preview.update(frame)
+
     # -- transcript
     def add_line(self, markup: str, bg: tuple[float, ...]) -> TurnLabel:
         line = TurnLabel(text=markup, bg=bg)
@@ -235,7 +272,10 @@ class ConversationScreen(Screen):
                 ids.transcript.remove_widget(self.reply)  # cut short by more speech: joins the next turn
             self._done = False
             what = fallback_markup(ev.text) if ev.text else f"(spoke {ev.audio_seconds:.1f} s)"
-            self.add_line(f"[b]You:[/b] {what}" + (" + image" if ev.image else ""), USER_BG)
+            seen = " + image" if ev.image else ""
+            if ev.frames is not None:
+                seen = f" + camera ({len(ev.frames)} frames)"
+            self.add_line(f"[b]You:[/b] {what}{seen}", USER_BG)
             self.reply_text, self._n_deltas, self._audio_s, self._t_first = "", 0, 0.0, 0.0
             self.reply = self.add_line("[b]Assistant:[/b] ...", MODEL_BG)
             ids.state.text = "Thinking ..."

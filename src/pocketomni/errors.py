@@ -19,6 +19,10 @@ class MediaError(PocketOmniError):
     """An image, audio clip or video cannot be decoded or is outside the supported range."""
 
 
+class CameraError(MediaError):
+    """A live camera source failed, or gave a frame the model cannot take (see pocketomni.voice.camera)."""
+
+
 class ContextOverflowError(PocketOmniError):
     """The prompt (with history and media) does not fit in the context window."""
 

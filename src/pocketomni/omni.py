@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Generator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from pocketomni.engine.runtime import ModelRuntime, SpeechLoad
 from pocketomni.engine.thinker import ContextSettings, Thinker
 from pocketomni.errors import FeatureUnavailableError, OptionsError
 from pocketomni.media.image import ImageConfig
+from pocketomni.media.video import VideoConfig
 from pocketomni.options import GenerationOptions, resolve_options
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ class Omni(Closable):
         n_batch: int = 512,
         kv_f32: bool = False,
         image_max_pixels: int | None = None,
+        video_min_pixels: int | None = None,
         exact_audio: bool = True,
         use_gpu: bool | None = None,
     ) -> None:
@@ -56,6 +59,8 @@ class Omni(Closable):
         n_batch: prompt rows per llama.cpp decode call.
         kv_f32: keep the KV cache in float32 (exact reference comparisons; the default f16 halves it).
         image_max_pixels: downscale images above this many pixels (default: the reference's 12845056).
+        video_min_pixels: smallest video frame, in pixels (default: the reference's 128*28*28; smaller frames
+            are enlarged to it). Lower it for cheap live-camera frames (VoiceSession(camera_pixels=...)).
         exact_audio: encode audio the reference's way (2 s windows); False uses stock mtmd's encoder.
         use_gpu: run the thinker, talker and vision tower on the GPU when llama.cpp was built with one
             (Metal on macOS); None (default) does so when a GPU is there, False keeps everything on
@@ -71,6 +76,13 @@ class Omni(Closable):
             if not isinstance(image_max_pixels, int) or image_max_pixels < image_cfg.min_pixels:
                 raise OptionsError(f"image_max_pixels must be an integer >= {image_cfg.min_pixels}")
             image_cfg = ImageConfig(max_pixels=image_max_pixels)
+        video_cfg = VideoConfig(image=image_cfg)
+        if video_min_pixels is not None:
+            if isinstance(video_min_pixels, bool) or not isinstance(video_min_pixels, int) or not (
+                    image_cfg.min_pixels <= video_min_pixels <= video_cfg.max_pixels):
+                raise OptionsError(f"video_min_pixels={video_min_pixels!r} must be an integer from "
+                                   f"{image_cfg.min_pixels} to {video_cfg.max_pixels} (pixels per video frame)")
+            video_cfg = replace(video_cfg, min_pixels=video_min_pixels)
         if use_gpu is not None and not isinstance(use_gpu, bool):
             raise OptionsError(f"use_gpu={use_gpu!r} must be True, False or None (use a GPU when there is one)")
         n_gpu_layers = gpu_layers(use_gpu)
@@ -85,7 +97,7 @@ class Omni(Closable):
         thinker = Thinker(self.folder.thinker, n_threads=n_threads, settings=settings, n_gpu_layers=n_gpu_layers)
         try:
             media = MediaEncoders(thinker.model, self.folder, n_threads=n_threads, image_config=image_cfg,
-                                  exact_audio=exact_audio, use_gpu=n_gpu_layers != 0)
+                                  video_config=video_cfg, exact_audio=exact_audio, use_gpu=n_gpu_layers != 0)
         except BaseException:
             thinker.close()
             raise

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ __all__ = [
     "VideoConfig",
     "VideoInput",
     "frame_size",
+    "iter_video_frames",
     "prepare_video",
     "sample_indices",
     "smart_nframes",
@@ -280,6 +281,34 @@ def _from_file(path: Path, with_audio: bool, cfg: VideoConfig) -> PreparedVideo:
     except Exception as exc:
         raise MediaError(f"cannot decode {path}: {exc}; re-encode it (e.g. H.264 MP4)") from exc
     return _finish(selected, total, fps, track, cfg)
+
+
+def iter_video_frames(path: str | os.PathLike) -> tuple[float, Iterator[np.ndarray]]:
+    """(fps, frames): every frame of a video file in order, decoded lazily as RGB (H, W, 3) uint8 (needs
+    PyAV). For players (a file played as a live camera); prepare_video samples a file for the model."""
+    av = _require_av()
+    p = Path(path)
+    if not p.is_file():
+        raise MediaError(f"video file not found: {p}; check the path")
+    try:
+        with av.open(str(p)) as container:
+            if not container.streams.video:
+                raise MediaError(f"{p} has no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+    except MediaError:
+        raise
+    except Exception as exc:
+        raise MediaError(f"cannot decode {p}: {exc}; re-encode it (e.g. H.264 MP4)") from exc
+    if fps <= 0:
+        raise MediaError(f"{p} has no frame rate; re-encode it (e.g. H.264 MP4)")
+
+    def frames() -> Iterator[np.ndarray]:
+        with av.open(str(p)) as container:
+            for frame in container.decode(container.streams.video[0]):
+                yield frame.to_ndarray(format="rgb24")
+
+    return fps, frames()
 
 
 def prepare_video(src: VideoInput, *, use_audio: bool = True, config: VideoConfig | None = None) -> PreparedVideo:

@@ -38,7 +38,8 @@ class UserSpeaking:
 class UserTurn:
     """A user turn goes to the model. ended_at: time.monotonic() when its end was detected;
     audio: what the model hears (mono float32 at 16 kHz), or None for a text turn; image / video:
-    whether an image or a video clip went with it."""
+    whether an image or a video clip went with it; frames: the live camera's frames sent with it
+    ((T, H, W, 3) uint8 at 2 fps, the audio as their sound track), or None."""
 
     audio_seconds: float
     image: bool = False
@@ -46,6 +47,7 @@ class UserTurn:
     ended_at: float = 0.0
     audio: np.ndarray | None = None
     video: bool = False
+    frames: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

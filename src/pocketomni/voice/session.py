@@ -40,6 +40,15 @@ from pocketomni.audio.rates import INPUT_RATE
 from pocketomni.audio.vad import VadConfig, VoiceActivityDetector
 from pocketomni.errors import FeatureUnavailableError, OptionsError, PocketOmniError
 from pocketomni.events import AudioChunk, Done, TextDelta
+from pocketomni.voice.camera import (
+    DEFAULT_PIXELS,
+    FPS,
+    CameraRecorder,
+    check_camera_pixels,
+    prepend_still,
+    vad_lead_seconds,
+    video_frame_limits,
+)
 from pocketomni.voice.events import (
     BargeIn,
     Listening,
@@ -76,7 +85,7 @@ class _Subscribe:
 class _Turn:
     audio: np.ndarray | None
     text: str | None
-    visual: tuple[str, Any] | None  # ("images", [image]) or ("video", clip): seen with this turn
+    visual: tuple[str, Any] | None  # ("images", [image]), ("video", clip) or ("camera", frames): seen with this turn
     epoch: int
     ended_at: float = field(default_factory=time.monotonic)
 
@@ -97,12 +106,17 @@ class VoiceSession:
     on_event: a callback for every event (runs on the session's dispatch thread).
     audio_backend: where the devices come from (pocketomni.audio.backend.audio_backend(); default:
       the platform's, AudioRecord/AudioTrack on Android, sounddevice elsewhere).
+    camera: a live camera source (pocketomni.voice.camera): spoken turns are sent as video at 2 fps
+      with the user's voice as its sound track; `set_camera()` switches it at any time.
+    camera_pixels: pixels per camera frame at most (default 160*28*28: 4:3 frames become 392x308, 154
+      tokens per second of video), at least the model's smallest video frame (Omni video_min_pixels).
     """
 
     def __init__(self, chat: Chat, input_device: int | str | None | Literal[False] = None,
                  output_device: int | str | None | Literal[False] = None, *, vad: Any = None,
                  hands_free: bool = True, barge_in: bool = True, options: Any = None,
-                 on_event: Callable[[Any], None] | None = None, audio_backend: AudioBackend | None = None) -> None:
+                 on_event: Callable[[Any], None] | None = None, audio_backend: AudioBackend | None = None,
+                 camera: Any = None, camera_pixels: int | None = None) -> None:
         self.chat = chat
         self._audio = audio_backend
         self.input_device, self.output_device = input_device, output_device
@@ -135,6 +149,13 @@ class VoiceSession:
         self.barge_ins: list[BargeIn] = []  # every barge-in so far (latency figures)
         self._threads: list[threading.Thread] = []
         self._started = self._closed = False
+        self._video_limits = video_frame_limits(chat)
+        default_pixels = max(DEFAULT_PIXELS, self._video_limits[0] * 5 // 4)  # room for the 28-pixel steps
+        self.camera_pixels = check_camera_pixels(default_pixels if camera_pixels is None else camera_pixels,
+                                                 *self._video_limits)
+        self.camera: CameraRecorder | None = None
+        if camera is not None:
+            self.set_camera(camera)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -193,6 +214,7 @@ class VoiceSession:
         if self.player is not None:
             self.player.stop()
         self._turns.put(None)
+        self.set_camera(None)
         me = threading.current_thread()  # close() may be called from a listener (the dispatch thread)
         for t in self._threads:
             if t.name.endswith(("capture", "turns")) and t is not me:
@@ -251,6 +273,8 @@ class VoiceSession:
         with self._lock:
             self._ptt = list(self._recent)
             self._ptt_started = now
+        if self.camera is not None:
+            self.camera.speech_started(now - PTT_PRE_ROLL_SECONDS)
         self._emit(UserSpeaking(now))
 
     def release(self) -> None:
@@ -269,6 +293,18 @@ class VoiceSession:
     def interrupt(self) -> None:
         """Stop the reply now (a stop button): playback stops, generation is cancelled."""
         self._barge("interrupt", time.monotonic())
+
+    def set_camera(self, source: Any) -> None:
+        """A live camera (a source of pocketomni.voice.camera: VideoFileCamera, FrameStream, PushCamera, a
+        callable or an iterator of frames) recorded while the user speaks; None turns it off. Its
+        failures arrive as VoiceError events carrying a CameraError; turns then go on without video."""
+        new = None if source is None else CameraRecorder(
+            source, self.camera_pixels, self._video_limits[0],
+            on_error=lambda e: self._emit(VoiceError(f"camera off: {e}", e)))
+        with self._lock:
+            old, self.camera = self.camera, new
+        if old is not None:
+            old.close()
 
     def attach_image(self, image: Any) -> None:
         """An image (path, bytes, PIL image or array) the model sees with the next user turn; None clears it."""
@@ -403,6 +439,8 @@ class VoiceSession:
     def _on_vad(self, ev: Any) -> None:
         now = time.monotonic()
         if ev.kind == "speech_start":
+            if self.camera is not None:
+                self.camera.speech_started(now - vad_lead_seconds(self.vad))
             if self.barge_in:
                 self._barge("voice", now)
             self._emit(UserSpeaking(now))
@@ -430,11 +468,16 @@ class VoiceSession:
             if self._closed:
                 return
             visual, self._visual = self._visual, None
+            camera = self.camera
+            if camera is not None and audio is not None:  # always end the camera's turn; attachments win
+                frames = camera.take(audio.size / RATE)
+                visual = visual or (None if frames is None else ("camera", frames))
             self._replying = True
             turn = _Turn(audio, text, visual, self._epoch)
         secs = 0.0 if audio is None else audio.size / RATE
         kind = visual[0] if visual else None
-        self._emit(UserTurn(secs, kind == "images", text, turn.ended_at, audio, video=kind == "video"))
+        self._emit(UserTurn(secs, kind == "images", text, turn.ended_at, audio, video=kind in ("video", "camera"),
+                            frames=visual[1] if kind == "camera" else None))
         self._turns.put(turn)
 
     # ------------------------------------------------------------------ turn thread
@@ -456,6 +499,8 @@ class VoiceSession:
     def _run_turn(self, turn: _Turn) -> None:
         audio = turn.audio
         if self._carry is not None and audio is not None:  # a turn cut short by more speech: join them
+            if turn.visual is not None and turn.visual[0] == "camera":  # the camera held still over the carry
+                turn.visual = ("camera", prepend_still(turn.visual[1], self._carry.size / RATE + 0.2))
             audio = np.concatenate([self._carry, np.zeros(RATE // 5, np.float32), audio])
         self._carry = None
         if turn.epoch != self._epoch:  # barged in on before it started: keep its audio for the next turn
@@ -469,7 +514,12 @@ class VoiceSession:
             kwargs["audio"] = [(audio, RATE)]
         if turn.visual is not None:
             kind, value = turn.visual
-            kwargs[kind] = value
+            if kind == "camera":  # the user's voice is the video's sound track (2 s chunks interleaved)
+                assert audio is not None
+                kwargs["video"] = (value, FPS, audio, RATE)
+                del kwargs["audio"]
+            else:
+                kwargs[kind] = value
             if kind == "video":
                 kwargs["use_audio_in_video"] = False
         if self.options is not None:
