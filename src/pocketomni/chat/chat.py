@@ -332,7 +332,7 @@ class Chat(Closable):
         """The messages in the cache (the history without what a trim dropped)."""
         return [m for m in self._messages if not m.dropped]
 
-    def _plan(self, new: list[Message], opts: GenerationOptions
+    def _plan(self, new: list[Message], opts: GenerationOptions | None = None
               ) -> tuple[list[Message], Any, list[Any], HistoryTrimmed | None]:
         """Render, load media, lay out tokens and check the context window. Changes nothing, unless the
         turn does not fit and the context policy trims the history first (then the event says so)."""
@@ -349,7 +349,7 @@ class Chat(Closable):
         n_new = int(layout.input_ids.size)
         trimmed = None
         if self._keeper.trims:  # leave the reply room too (up to the policy's headroom), trimming if need be
-            want = min(opts.max_tokens, self.context_policy.headroom_for(self.n_ctx))
+            want = min((opts or self.options).max_tokens, self.context_policy.headroom_for(self.n_ctx))
             if n_new + want > self._session.room:
                 trimmed = self._trim(target=self.n_ctx - n_new - want, limit=self.n_ctx - n_new - 1, before_turn=True)
                 if trimmed is not None:
