@@ -250,3 +250,25 @@ def test_a_chat_saved_after_a_trim_restores_and_continues_exactly(omni, tmp_path
     assert restored.n_tokens <= restored.n_ctx
     chat.close()
     restored.close()
+
+
+def test_a_speech_chat_trims_and_its_rebuilt_hidden_states_equal_a_new_chats(omni) -> None:
+    """The talker reads the thinker's hidden states of the whole history: after a trim they come from
+    the rebuild and must equal those of a new speech chat fed the kept history."""
+    opts = {"max_tokens": 24, "speech_options": {"max_codes": 20}}
+    chat = omni.chat(speech=True, **opts)
+    i = 0
+    while not any(m.dropped for m in chat.messages):
+        events, _ = _send(chat, text=f"Tell me about thing number {i}, please, in some detail.")
+        i += 1
+    assert isinstance(events[-2], po.HistoryTrimmed) and any(isinstance(e, po.AudioChunk) for e in events)
+    kept = [_as_openai(m, {}) for m in chat.messages if not m.dropped]
+    turn = {"text": "And what comes next?"}
+    fresh = omni.chat(speech=True, **opts)
+    _, want = _send(fresh, messages=[*kept, {"role": "user", "content": turn["text"]}])
+    events, got = _send(chat, **turn)
+    assert got.tokens == want.tokens and chat.tokens == fresh.tokens
+    assert any(isinstance(e, po.AudioChunk) for e in events) and got.usage.audio_codes > 0
+    np.testing.assert_array_equal(chat._session.history.hidden, fresh._session.history.hidden)
+    chat.close()
+    fresh.close()

@@ -105,7 +105,7 @@ class ScriptedMic:
     def record(self, seconds: float) -> np.ndarray:
         return np.concatenate([self.read(None) for _ in range(int(seconds * R) // BLOCK)])
 
-    def __enter__(self) -> ScriptedMic:
+    def __enter__(self) -> ScriptedMic:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -211,7 +211,9 @@ def omni(converted_tiny):
 
 def test_a_30_minute_voice_conversation_never_fills_up_and_stays_flat(omni) -> None:
     clips = [espeak(s, R) for s in SENTENCES]
-    chat = omni.chat(speech=True, max_tokens=48, speech_options={"max_codes": 50})
+    # text replies: the talker's work per turn would put the test far over its CI budget; spoken replies
+    # through trims are covered by tests/test_chat_history_policy.py (a speech chat's rebuilt hidden states)
+    chat = omni.chat(max_tokens=32)
     mic, log, scene = ScriptedMic(), Recorder(), Scene()
     vs = po.VoiceSession(chat, output_device=False, audio_backend=ScriptedBackend(mic), on_event=log,
                          camera_pixels=224 * 224)
@@ -241,12 +243,10 @@ def test_a_30_minute_voice_conversation_never_fills_up_and_stays_flat(omni) -> N
             assert turn.audio is not None and abs(turn.audio.size / R - clip.size / R) < 1.0
             assert (turn.frames is not None) == (phase == 2)
             assert chat.n_tokens <= chat.n_ctx
-            # the user listens to the whole reply: the tiny talker's codes never stop by themselves (max_codes
-            # caps them at 1 s), so a reply lasts what its text takes to say, ~0.3 s a token (150 words/min)
+            # the user listens to the whole reply: it lasts what its text takes to say, ~0.3 s a token (150 words/min)
             sim += max(log.audio_seconds, REPLY_SECONDS_PER_TOKEN * rd.done.usage.reply_tokens)
             rows.append((sim, _rss_bytes(), i))
             latency.append((sim, rd.first_text_latency, t_done - turn.ended_at))
-            print("DBG", i, round(sim), chat.n_tokens, round(t_done - turn.ended_at, 2), rd.done.usage.prompt_tokens, rows[-1][1] >> 20, None if turn.frames is None else turn.frames.shape, flush=True)
             i += 1
             if threads_at_warmup is None and sim >= WARMUP_SECONDS:
                 threads_at_warmup = threading.active_count()
@@ -255,8 +255,8 @@ def test_a_30_minute_voice_conversation_never_fills_up_and_stays_flat(omni) -> N
     n_turns = i
     # the conversation outgrew the window many times over; it went on by trimming, right after replies
     assert len(log.trims) >= 5 and all(not t.before_turn for t in log.trims)
-    assert len(msgs) == 1 + 2 * n_turns and msgs[0].role == "system" and not msgs[0].dropped
-    assert msgs[1].dropped and not msgs[-1].dropped
+    assert len(msgs) == 2 * n_turns and msgs[0].role == "user"  # no system message: the template's default
+    assert msgs[0].dropped and not msgs[-1].dropped
     assert threading.active_count() <= threads_at_warmup  # camera switches leave no thread behind
 
     # RSS after warm-up: a straight-line fit, MB per simulated hour. What may legitimately grow is the

@@ -149,7 +149,7 @@ def plan_trim(messages: Sequence[Message], cost: Callable[[list[Message]], int],
     step 1 always happens), or, failing that, at least to `limit` (step 4). cost(messages) is the
     token count of the live part of `messages` once rebuilt. The result may still exceed `limit`
     (only the system prompt is left): the caller decides."""
-    head, turns = turns_of(messages)
+    _, turns = turns_of(messages)
     n_old = max(0, len(turns) - policy.min_turns)
     old, protected = turns[:n_old], turns[n_old:]
     no_rows = turns[: max(0, len(turns) - policy.media_turns)]
