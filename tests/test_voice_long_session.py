@@ -30,7 +30,6 @@ from pocketomni.voice.session import ReplyDone, UserTurn, VoiceError
 R = 16000
 BLOCK = R // 50  # 20 ms blocks, as the real recorders deliver
 SIM_SECONDS = 30 * 60
-WARMUP_SECONDS = 10 * 60  # the RSS fit starts here: several trims have happened by then
 PAUSE_SECONDS = (0.6, 1.0)  # noise before the user speaks; after: > the VAD's 0.7 s end-of-turn silence
 REPLY_SECONDS_PER_TOKEN = 0.3
 SENTENCES = [
@@ -220,11 +219,14 @@ def test_a_30_minute_voice_conversation_never_fills_up_and_stays_flat(omni) -> N
     sim = 0.0
     rows: list[tuple[float, int, int]] = []  # (simulated seconds, RSS bytes, turn) after each reply
     latency: list[tuple[float, float, float]] = []  # (simulated seconds, first text, reply done) after speech end
-    threads_at_warmup = None
+    threads_at_warmup = trims_at_warmup = 0
+    warmup = 3 * len(clips)  # turns: the first cycle; by then the context has been trimmed too
     with vs:
         i = 0
         while sim < SIM_SECONDS:
-            phase = (i // 6) % 3  # stretches of six turns: voice only, with images, with the camera on
+            # stretches of ten turns (every sentence once): voice only, every other one with an image, with
+            # the camera on; a cycle of 30 turns shows every shape of input, so later turns bring no new one
+            phase = (i // len(clips)) % 3
             if phase == 2 and vs.camera is None:
                 vs.set_camera(scene)
                 while vs.camera.latest is None:  # the user turns the camera on, then speaks
@@ -233,7 +235,7 @@ def test_a_30_minute_voice_conversation_never_fills_up_and_stays_flat(omni) -> N
                 vs.set_camera(None)
             if phase == 1 and i % 2:
                 vs.attach_image(_image(i))
-            clip = clips[(i * 7) % len(clips)]
+            clip = clips[i % len(clips)]
             log.audio_seconds = 0.0
             sim += mic.say(clip)
             log.wait_done(i + 1)
@@ -248,8 +250,8 @@ def test_a_30_minute_voice_conversation_never_fills_up_and_stays_flat(omni) -> N
             rows.append((sim, _rss_bytes(), i))
             latency.append((sim, rd.first_text_latency, t_done - turn.ended_at))
             i += 1
-            if threads_at_warmup is None and sim >= WARMUP_SECONDS:
-                threads_at_warmup = threading.active_count()
+            if i == warmup:
+                threads_at_warmup, trims_at_warmup = threading.active_count(), len(log.trims)
         msgs = chat.messages
     assert vs.closed and not log.errors
     n_turns = i
@@ -257,22 +259,24 @@ def test_a_30_minute_voice_conversation_never_fills_up_and_stays_flat(omni) -> N
     assert len(log.trims) >= 5 and all(not t.before_turn for t in log.trims)
     assert len(msgs) == 2 * n_turns and msgs[0].role == "user"  # no system message: the template's default
     assert msgs[0].dropped and not msgs[-1].dropped
-    assert threading.active_count() <= threads_at_warmup  # camera switches leave no thread behind
+    assert trims_at_warmup >= 1 and threading.active_count() <= threads_at_warmup  # camera switches leave no thread behind
 
     # RSS after warm-up: a straight-line fit, MB per simulated hour. What may legitimately grow is the
     # transcript (chat.messages: text and media labels, a few hundred bytes a turn; 4x its JSON size
-    # covers the Python objects). A leak of any turn's input (its audio, the smallest: >= 0.5 s at
-    # 64 KB/s; a camera frame or image is larger) would add at least half of that per turn: the bound.
+    # covers the Python objects); buffers sized by the largest input seen stop growing after the first
+    # cycle. The bound: that, plus half of what keeping every turn's audio would add (its mean size; a
+    # kept camera frame or image is larger still).
     import json
 
     transcript = len(json.dumps([m.to_dict() for m in msgs]).encode())
     sim_s = np.array([r[0] for r in rows])
     rss = np.array([r[1] for r in rows], dtype=np.float64)
-    late = sim_s >= WARMUP_SECONDS
+    late = np.array([r[2] for r in rows]) >= warmup
+    assert sim_s[late][0] < SIM_SECONDS / 2  # the fit spans most of the session
     slope = np.polyfit(sim_s[late], rss[late], 1)[0] * 3600 / 2**20  # MB per simulated hour
     turns_per_hour = n_turns / (sim / 3600)
-    min_clip = min(c.size for c in clips) * 4
-    bound = turns_per_hour * (4 * transcript / n_turns + 0.5 * min_clip) / 2**20
+    mean_clip = 4 * np.mean([c.size for c in clips])  # float32 bytes
+    bound = turns_per_hour * (4 * transcript / n_turns + 0.5 * mean_clip) / 2**20
     thirds = np.array_split(np.array(latency), 3)
     print(f"\n{n_turns} turns over {sim / 60:.1f} simulated minutes, {len(log.trims)} trims "
           f"(rebuild median {np.median([t.seconds for t in log.trims]) * 1000:.0f} ms, "
