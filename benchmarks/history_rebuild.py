@@ -3,7 +3,8 @@ dropped (chat/history_keeper.py), next to the same run's ordinary prefill rate.
 
 A text chat at a small n_ctx gets turns of ~180 tokens (2-token replies) until a reply leaves less than
 the policy's headroom free; the trim that follows is timed by its own HistoryTrimmed event (planning +
-re-prefill, wall seconds). The rebuild of a default chat (n_ctx 4096, keep 0.5: up to 2048 tokens)
+re-prefill, wall seconds) and by the process CPU time between the reply's last text and that event
+(all threads: on a shared machine the CPU seconds are the steadier figure). The rebuild of a default chat (n_ctx 4096, keep 0.5: up to 2048 tokens)
 is extrapolated from the measured rate.
 
     python benchmarks/history_rebuild.py /work/synth/3b-q4_k_m --name 3b-synthetic
@@ -38,28 +39,32 @@ def main() -> None:
         chat = omni.chat(system="You are a helpful assistant.", max_tokens=2, temperature=0.0)
         turns, trim = [], None
         for i in range(40):
-            events = list(chat.send_sync(f"Turn {i}. {PARAGRAPH * 2}What should I do next?"))
+            events, cpu = [], []
+            for ev in chat.send_sync(f"Turn {i}. {PARAGRAPH * 2}What should I do next?"):
+                events.append(ev)
+                cpu.append(time.process_time())
             done = events[-1]
             assert isinstance(done, po.Done)
-            turns.append({"prompt_tokens": done.usage.prompt_tokens,
+            turns.append({"prompt_tokens": done.usage.prompt_tokens, "cpu_seconds": cpu[-1] - cpu[0],
                           "prefill_tok_s": done.timings.prefill_tokens_per_second, "n_tokens": chat.n_tokens})
-            cut = [e for e in events if isinstance(e, po.HistoryTrimmed)]
+            cut = [k for k, e in enumerate(events) if isinstance(e, po.HistoryTrimmed)]
             if cut:
-                trim = cut[0]
+                trim, trim_cpu = events[cut[0]], cpu[cut[0]] - cpu[cut[0] - 1]
                 break
         assert trim is not None, "no trim happened"
         kept = [m for m in chat.messages if not m.dropped]
     rebuilt = trim.tokens_after
     rate = rebuilt / trim.seconds
+    cpu_rate = rebuilt / trim_cpu
     prefill = sorted(t["prefill_tok_s"] for t in turns)[len(turns) // 2]
     result = {
         "model": args.name, "folder": str(args.folder), "n_ctx": args.n_ctx, "threads": args.threads,
         "cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"),
         "load_avg_after": os.getloadavg()[0], "load_seconds": load_s, "turns": turns,
-        "trim": {"tokens_before": trim.tokens_before, "tokens_after": rebuilt, "seconds": trim.seconds,
+        "trim": {"tokens_before": trim.tokens_before, "tokens_after": rebuilt, "seconds": trim.seconds, "cpu_seconds": trim_cpu,
                  "dropped_messages": trim.dropped_messages, "kept_messages": len(kept)},
-        "rebuild_tok_s": rate, "turn_prefill_tok_s_median": prefill,
-        "default_chat_rebuild_seconds_2048": 2048 / rate,
+        "rebuild_tok_s": rate, "rebuild_tok_per_cpu_s": cpu_rate, "turn_prefill_tok_s_median": prefill,
+        "default_chat_rebuild_seconds_2048": 2048 / rate, "default_chat_rebuild_cpu_seconds_2048": 2048 / cpu_rate,
     }
     out.mkdir(exist_ok=True)
     (out / f"history_rebuild-{args.name}.json").write_text(json.dumps(result, indent=1))

@@ -209,6 +209,7 @@ def omni(converted_tiny):
 
 
 def test_a_30_minute_voice_conversation_never_fills_up_and_stays_flat(omni) -> None:
+    cpu0 = time.process_time()
     clips = [espeak(s, R) for s in SENTENCES]
     # text replies: the talker's work per turn would put the test far over its CI budget; spoken replies
     # through trims are covered by tests/test_chat_history_policy.py (a speech chat's rebuilt hidden states)
@@ -281,7 +282,8 @@ def test_a_30_minute_voice_conversation_never_fills_up_and_stays_flat(omni) -> N
     print(f"\n{n_turns} turns over {sim / 60:.1f} simulated minutes, {len(log.trims)} trims "
           f"(rebuild median {np.median([t.seconds for t in log.trims]) * 1000:.0f} ms, "
           f"{np.median([t.tokens_after for t in log.trims]):.0f} tokens kept); RSS {rss[0] / 2**20:.0f} -> "
-          f"{rss[-1] / 2**20:.0f} MB, slope after warm-up {slope:+.2f} MB per simulated hour (bound {bound:.1f})")
+          f"{rss[late][0] / 2**20:.0f} (warm-up end) -> {rss[-1] / 2**20:.0f} MB, slope after warm-up {slope:+.2f} "
+          f"MB per simulated hour (bound {bound:.1f}); {time.process_time() - cpu0:.0f} s of CPU")
     for k, part in enumerate(thirds):
         print(f"  third {k + 1}: end of speech -> first text median {np.median(part[:, 1]) * 1000:.0f} ms, "
               f"-> reply done median {np.median(part[:, 2]) * 1000:.0f} ms (max {part[:, 2].max() * 1000:.0f})")
