@@ -351,7 +351,9 @@ class Chat(Closable):
         if self._keeper.trims:  # leave the reply room too (up to the policy's headroom), trimming if need be
             want = min((opts or self.options).max_tokens, self.context_policy.headroom_for(self.n_ctx))
             if n_new + want > self._session.room:
-                trimmed = self._trim(target=self.n_ctx - n_new - want, limit=self.n_ctx - n_new - 1, before_turn=True)
+                keep = int(self.context_policy.keep * self.n_ctx)  # the same hysteresis as after a reply
+                trimmed = self._trim(target=min(keep, self.n_ctx - n_new - want), limit=self.n_ctx - n_new - 1,
+                                     before_turn=True)
                 if trimmed is not None:
                     layout = self._layout(msgs, media, prepared)
                     n_new = int(layout.input_ids.size)
