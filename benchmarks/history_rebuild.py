@@ -59,7 +59,8 @@ def main() -> None:
     prefill = sorted(t["prefill_tok_s"] for t in turns)[len(turns) // 2]
     result = {
         "model": args.name, "folder": str(args.folder), "n_ctx": args.n_ctx, "threads": args.threads,
-        "cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"),
+        "cpu": next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                     if ln.startswith("model name")), "?"),
         "load_avg_after": os.getloadavg()[0], "load_seconds": load_s, "turns": turns,
         "trim": {"tokens_before": trim.tokens_before, "tokens_after": rebuilt, "seconds": trim.seconds, "cpu_seconds": trim_cpu,
                  "dropped_messages": trim.dropped_messages, "kept_messages": len(kept)},
