@@ -60,9 +60,12 @@ def reset_hwm() -> bool:
 
 
 def smaps_breakdown() -> dict[str, float]:
-    """Resident MB per mapped .gguf file, anonymous, and other file mappings (libraries)."""
+    """Resident MB per mapped .gguf file, anonymous, and other file mappings (libraries); plus, over the
+    whole process, what the kernel may drop under pressure without killing it (clean file-backed pages,
+    re-read from the file when touched again) against what it may not (anonymous memory; no swap)."""
     out: dict[str, float] = {}
     name = ""
+    clean = 0
     with open("/proc/self/smaps") as f:
         for line in f:
             head = line.split(None, 5)
@@ -77,7 +80,11 @@ def smaps_breakdown() -> dict[str, float]:
                 else:
                     key = "other mappings"
                 out[key] = out.get(key, 0.0) + kb / 1024
-    return {k: round(v, 1) for k, v in sorted(out.items())}
+            elif head and head[0] in ("Shared_Clean:", "Private_Clean:") and name.startswith("/"):
+                clean += int(head[1])
+    out = {k: round(v, 1) for k, v in sorted(out.items())}
+    out["= droppable: clean file pages"] = round(clean / 1024, 1)
+    return out
 
 
 # ----------------------------------------------------------------------------- stage tracking
@@ -217,8 +224,9 @@ class LlamaLog(logging.Handler):
 # ----------------------------------------------------------------------------- the run
 
 def run(folder: Path, label: str, threads: int, n_ctx: int | None, tokens: int, codes: int,
-        no_repack: bool = False) -> dict:
+        no_repack: bool = False, mmap_mode: str = "auto") -> dict:
     import pocketomni as po
+    import pocketomni.backend.llama as backend_llama
     from pocketomni.engine.speech import SpeechEngine
     from pocketomni.engine.talker import Talker
     from pocketomni.token2wav.streaming import SpeechStream
@@ -234,6 +242,8 @@ def run(folder: Path, label: str, threads: int, n_ctx: int | None, tokens: int, 
             return p
 
         L.llama_model_default_params = params
+    if mmap_mode != "auto":  # force llama.cpp's weights mapped (on) or read into memory (off)
+        backend_llama.should_mmap = lambda path, n_gpu_layers: mmap_mode == "on"  # type: ignore[assignment]
     llog = LlamaLog()
     lg = logging.getLogger("pocketomni.llama")
     lg.setLevel(logging.DEBUG)
@@ -295,6 +305,7 @@ def run(folder: Path, label: str, threads: int, n_ctx: int | None, tokens: int, 
         "threads": threads, "n_ctx": omni_n_ctx(n_ctx), "reply_tokens": done.usage.reply_tokens if done else 0,
         "codes": n_codes, "audio_seconds": round(audio / 24000, 2), "turn_seconds": round(wall, 1),
         "baseline_mb": round(base, 1), "hwm_resets": st.hwm_ok, "no_repack": no_repack,
+        "mmap": mmap_mode if mmap_mode != "auto" else ("on" if speech and speech.talker.model.use_mmap else "off"),
         "decode_tok_s": round(done.timings.decode_tokens_per_second, 2) if done else 0.0,
         "stages": {s: {"peak_mb": round(st.peak.get(s, 0.0), 1), "sampled_peak_mb": round(st.sampled.get(s, 0.0), 1),
                        "end_mb": round(st.end.get(s, 0.0), 1), "seconds": round(st.seconds.get(s, 0.0), 1)}
@@ -317,9 +328,12 @@ def omni_n_ctx(n_ctx: int | None) -> int:
 
 # ----------------------------------------------------------------------------- report
 
-# Runs labelled <model>-<step>, in the order the memory fixes landed.
-STEPS = [("before", "before"), ("after", "lazy mmproj + mapped token2wav"),
-         ("read", "+ weights read, not mapped"), ("release", "+ modulation weights released")]
+# Runs labelled <model>-<step>, in the order the memory fixes landed (issue 21; the fixes before it, on the
+# older synthetic folders with the 7B-sized 3B talker and float32 token2wav: results/memory_history/).
+STEPS = [("before", "before (main: f16 token2wav, corrected 3B talker)"),
+         ("caches", "+ talker KV grows with the reply, thinker micro-batch 128"),
+         ("kv", "+ thinker KV grows with the chat"),
+         ("mmap", "+ weights mapped, repacked pages dropped")]
 
 
 def write_report() -> None:
@@ -331,6 +345,8 @@ def write_report() -> None:
               "interleave, so each peak includes everything still resident from earlier stages."), ""]
     by = {r["label"]: r for r in runs}
     models = sorted({k.split("-")[0] for k in by if k.endswith("-before")})
+    lines += [("Earlier steps (lazy mmproj, weights read, modulation weights released), measured on the older "
+               "synthetic folders: results/memory_history/."), ""]
     for name in models:
         steps = [(step, title, by[f"{name}-{step}"]) for step, title in STEPS if f"{name}-{step}" in by]
         lines += [f"## {name}: step by step", "", "| stage | " + " | ".join(f"{t} MB" for _, t, _ in steps) + " |",
@@ -342,7 +358,8 @@ def write_report() -> None:
         lines += [f"## {r['label']}", "",
                   f"{r['folder']}; n_ctx {r['n_ctx']}; {r['threads']} threads; {r['reply_tokens']} reply tokens, "
                   f"{r['codes']} codes ({r['audio_seconds']} s audio), turn {r['turn_seconds']} s "
-                  f"(thinker decode {r.get('decode_tok_s', 0)} tok/s{'; llama.cpp repacking OFF' if r.get('no_repack') else ''}); "
+                  f"(thinker decode {r.get('decode_tok_s', 0)} tok/s{'; llama.cpp repacking OFF' if r.get('no_repack') else ''}"
+                  f"{'; weights ' + ('mapped' if r['mmap'] == 'on' else 'read') if r.get('mmap') else ''}); "
                   f"{r['when']}. "
                   f"Files (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["files"].items()) + ".", "",
                   "| stage | peak RSS MB | RSS at stage end MB | seconds |", "|---|---|---|---|"]
@@ -406,6 +423,8 @@ def main() -> None:
     ap.add_argument("--codes", type=int, default=60, help="speech codes (max_codes)")
     ap.add_argument("--no-repack", action="store_true",
                     help="experiment: load GGUFs with llama.cpp's weight repacking off (use_extra_bufts=False)")
+    ap.add_argument("--mmap", choices=("auto", "on", "off"), default="auto",
+                    help="thinker/talker weights mapped (on), read into memory (off) or as the SDK chooses (auto)")
     ap.add_argument("--report", action="store_true", help="only rebuild memory.md / memory.png")
     a = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -419,7 +438,7 @@ def main() -> None:
         else:
             folder = a.folder
         label = a.label or ("tiny" if a.tiny else folder.name)
-        res = run(folder, label, a.threads, a.n_ctx, a.tokens, a.codes, a.no_repack)
+        res = run(folder, label, a.threads, a.n_ctx, a.tokens, a.codes, a.no_repack, a.mmap)
         (RESULTS / f"memory-{label}.json").write_text(json.dumps(res, indent=1))
         print(json.dumps({k: res[k] for k in ("label", "overall_peak_mb", "stages")}, indent=1))
     write_report()

@@ -342,3 +342,43 @@ def test_shared_position_pair(model: LlamaModel) -> None:
     split = np.concatenate(parts)
     assert np.abs(split - h_ref).max() < 1e-4
     assert np.abs(one[2] - h_ref[2]).max() > 1e-2  # row 2 saw row 3 in the single batch
+
+
+def test_grow_keeps_the_cells_and_decodes_as_a_large_context(model: LlamaModel) -> None:
+    with _ctx(model, n_ctx=64, n_seq_max=1) as small:
+        n0 = small.n_ctx  # llama.cpp may round the size up
+        ids = _prompt(n0 - 10, seed=5)
+        more = model.embed_tokens(_prompt(40, seed=6))
+        with _ctx(model, n_ctx=4 * n0, n_seq_max=1) as big:
+            for c in (big, small):
+                c.set_threads(1)
+                c.decode_tokens(ids, logits=None)
+            with pytest.raises(ContextOverflowError):  # 10 cells left: 40 more do not fit
+                small.decode_embeddings(more, logits="last")
+            small.grow(n0 // 2)  # smaller than now: nothing happens
+            assert small.n_ctx == n0
+            small.grow(4 * n0)
+            assert small.n_ctx == big.n_ctx and small.threads == (1, 1)
+            assert (small.n_tokens(), small.next_pos()) == (n0 - 10, n0 - 10)
+            np.testing.assert_array_equal(small.stored_positions(), big.stored_positions())
+            # one sequence: the same cells in the same slots, so the same arithmetic
+            a, b = (c.decode_embeddings(more, logits="all", hidden="all") for c in (big, small))
+            np.testing.assert_array_equal(b.logits, a.logits)
+            np.testing.assert_array_equal(b.hidden, a.hidden)
+            p = n0 + 30
+            rows = [c.decode_row(more[0], (p, p, p, 0)) for c in (big, small)]
+            np.testing.assert_array_equal(rows[1], rows[0])
+
+
+def test_grow_keeps_every_sequence(model: LlamaModel) -> None:
+    with _ctx(model, n_ctx=64, n_seq_max=3) as c:
+        c.decode_tokens(_prompt(30, seed=7), seq_id=2, logits=None)
+        c.decode_tokens(_prompt(20, seed=8), seq_id=0, logits=None)
+        c.set_threads(1, 2)
+        before = [(c.n_tokens(s), c.next_pos(s), c.stored_positions(s).tolist()) for s in range(3)]
+        c.grow(c.n_ctx * 2)
+        assert [(c.n_tokens(s), c.next_pos(s), c.stored_positions(s).tolist()) for s in range(3)] == before
+        assert c.threads == (1, 2)
+        c.decode_tokens(_prompt(5, seed=9), seq_id=1, logits="last")  # the new room is usable
+        with pytest.raises(ValueError):
+            c.grow(0)

@@ -10,6 +10,7 @@ import pytest
 import pocketomni as po
 from pocketomni.chat.conversation import ChatTemplate, Message, Part
 from pocketomni.chat.history_policy import HistoryPolicy, plan_trim, turns_of
+from pocketomni.engine.positions import KIND_AUDIO
 
 R = 16000
 
@@ -270,5 +271,33 @@ def test_a_speech_chat_trims_and_its_rebuilt_hidden_states_equal_a_new_chats(omn
     assert got.tokens == want.tokens and chat.tokens == fresh.tokens
     assert any(isinstance(e, po.AudioChunk) for e in events) and got.usage.audio_codes > 0
     np.testing.assert_array_equal(chat._session.history.hidden, fresh._session.history.hidden)
+    chat.close()
+    fresh.close()
+
+
+def test_a_live_turns_audio_is_kept_for_rebuilds(omni) -> None:
+    """A live turn (chat.begin_turn) encodes its audio window by window; its rows are kept like a sent
+    clip's, so a trim right after it keeps the audio (the last turns) instead of turning it into text."""
+    chat = omni.chat(max_tokens=24, context_policy={"min_turns": 2, "media_turns": 2})
+    for i in range(5):
+        _send(chat, text=f"Tell me about thing number {i}, please, in some detail.")
+    assert not any(m.dropped for m in chat.messages)
+    turn = chat.begin_turn("exact", max_tokens=24)
+    clip = _audio(4.5, 3)  # three 2 s windows, the last one partial
+    for a in range(0, clip.size, 1600):
+        turn.feed_audio(clip[a : a + 1600])
+    events = list(turn.finish_sync("What was that?"))
+    assert isinstance(events[-1], po.Done) and isinstance(events[-2], po.HistoryTrimmed)
+    n_audio = events[-1].usage.media_tokens
+    msgs = chat.messages
+    live = msgs[-2]
+    assert live.role == "user" and not live.dropped and [p.kind for p in live.media] == ["audio"]
+    assert any(m.dropped for m in msgs) and int((chat._session.history.kinds == KIND_AUDIO).sum()) == n_audio > 0
+    # the rebuilt cache equals a new chat's fed the kept history with the same clip
+    kept = [_as_openai(m, {"audio": [(clip, R)]} if m is live else {}) for m in msgs if not m.dropped]
+    fresh = omni.chat(max_tokens=24)
+    _, want = _send(fresh, messages=[*kept, {"role": "user", "content": "Go on."}])
+    _, got = _send(chat, text="Go on.")
+    assert got.tokens == want.tokens and chat.tokens == fresh.tokens
     chat.close()
     fresh.close()

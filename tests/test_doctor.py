@@ -95,9 +95,14 @@ def test_report_holds_this_machines_values(demo_folder: str, capsys: pytest.Capt
     avail = re.fullmatch(r".* \((\d+) bytes\)", field(s["memory"], "available"))
     assert avail and int(avail.group(1)) > 0
     line = field(s["memory"], demo_folder)
-    m = re.fullmatch(r"(fits|does not fit): needs .* \((\d+) bytes\) = files .* \+ caches ~.*", line)
-    assert m and int(m.group(2)) > 0
-    assert m.group(1) == ("fits" if int(m.group(2)) <= int(avail.group(1)) else "does not fit")
+    verdicts = re.findall(r"(text|spoken|media) (\d+) MiB (fits|short by [\d.]+ [MG]iB)", line)
+    assert [v[0] for v in verdicts] == ["text", "spoken", "media"], line
+    for _, mib, word in verdicts:
+        assert (word == "fits") == (int(mib) * 2**20 <= int(avail.group(1)))
+    # one line per component, named with when it is resident
+    names = [ln.split(" (")[0] for ln in s["memory"] if re.match(r"^[A-Za-z0-9 ]+ \((text|speech|media)\): ", ln)]
+    assert names == ["runtime", "thinker weights", "thinker KV cache", "thinker compute", "talker weights",
+                     "talker KV cache", "talker compute", "token2wav weights", "media encoders"]
 
 
 def test_json_has_the_same_sections_and_real_numbers(demo_folder: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -114,11 +119,14 @@ def test_json_has_the_same_sections_and_real_numbers(demo_folder: str, capsys: p
     assert isinstance(mem["available_bytes"], int) and mem["available_bytes"] > 0
     [model] = mem["models"]
     manifest = json.loads((Path(demo_folder) / "pocketomni.json").read_text())
-    assert model["files"] == {k: v["bytes"] for k, v in manifest["files"].items()}
-    for key in ("files_bytes", "cache_bytes", "needs_bytes"):
-        assert isinstance(model[key], int) and model[key] > 0
-    assert model["needs_bytes"] == model["files_bytes"] + model["cache_bytes"]
-    assert model["fits"] == (model["needs_bytes"] <= mem["available_bytes"])
+    parts = {c["name"]: c for c in model["components"]}
+    for name, key in (("thinker weights", "thinker"), ("talker weights", "talker"), ("media encoders", "mmproj")):
+        assert parts[name]["mib"] == round(manifest["files"][key]["bytes"] / 2**20, 1)
+    assert all(c["mib"] > 0 for c in model["components"])
+    when = {"text": ("text",), "spoken": ("text", "speech"), "media": ("text", "speech", "media")}
+    for k, total in model["totals_mib"].items():
+        assert math.isclose(total, sum(c["mib"] for c in model["components"] if c["when"] in when[k]), abs_tol=0.6)
+        assert model["fits"][k] == (total * 2**20 <= mem["available_bytes"])
 
 
 def test_memory_says_when_a_model_does_not_fit(demo_folder: str, capsys: pytest.CaptureFixture[str],
@@ -128,7 +136,8 @@ def test_memory_says_when_a_model_does_not_fit(demo_folder: str, capsys: pytest.
     monkeypatch.setattr(backend, "available_memory", lambda: 1 << 20)
     rc, out, _ = doctor_cli(capsys, demo_folder, "--no-smoke")
     assert rc == 0
-    assert field(sections(out)["memory"], demo_folder).startswith("does not fit: ")
+    line = field(sections(out)["memory"], demo_folder)
+    assert re.fullmatch(r"text \d+ MiB short by .*; spoken \d+ MiB short by .*; media \d+ MiB short by .*", line)
 
 
 def test_a_bad_model_folder_is_reported_not_raised(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

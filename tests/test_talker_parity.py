@@ -278,7 +278,8 @@ def test_context_bounds_the_number_of_codes(case):
 
     embed = lambda ids: case.embed[np.asarray(ids)]
     with Talker(case.talker_path, case.t2w_path, 1, thinker_embed=embed, n_ctx=64, kv_f32=True) as tk:
-        room = tk.ctx.n_ctx - (len(case.prompt_eh) + 2) + 1  # llama.cpp rounds n_ctx up (to 256)
+        assert tk.max_ctx == 256  # 64 rounded up as llama.cpp rounds contexts (the KV cache grows toward it)
+        room = tk.max_ctx - (len(case.prompt_eh) + 2) + 1
         codes = tk.generate_codes(
             case.prompt_eh, case.positions, case.speaker, case.reply_eh, SpeechOptions(temperature=0.0)
         )
@@ -286,7 +287,7 @@ def test_context_bounds_the_number_of_codes(case):
         assert codes[:STEPS] == case.ref_codes[: len(codes)]
         if tk.n_steps == len(codes):  # no end code: the context was the limit
             assert len(codes) == room
-        big = np.concatenate([case.prompt_eh] * (tk.ctx.n_ctx // len(case.prompt_eh) + 1))
+        big = np.concatenate([case.prompt_eh] * (tk.max_ctx // len(case.prompt_eh) + 1))
         pos = np.tile(np.arange(len(big)), (3, 1))
         with pytest.raises(ContextOverflowError, match="n_ctx"):
             tk.start(big, pos, case.speaker, case.reply_eh[0])

@@ -11,7 +11,10 @@ import time
 import numpy as np
 import pytest
 from audio_env import (  # noqa: F401 (audio_devices is a fixture)
+    MIC,
     MIC_SINK,
+    SPEAKER_MONITOR,
+    Parec,
     align,
     audio_devices,
     espeak,
@@ -80,6 +83,13 @@ def _heard(sent: np.ndarray, turn_audio: np.ndarray) -> float:
     return align(core, np.concatenate([silence(0.5, R), turn_audio, silence(0.5, R)]))[0]
 
 
+def _replay(chat: po.Chat, audio: np.ndarray) -> str:
+    """The reply text of a live turn fed `audio` at once, on a fresh chat."""
+    turn = chat.begin_turn()
+    turn.feed_audio(audio)
+    return list(turn.finish_sync())[-1].text
+
+
 def _user_label_samples(msg: po.Message) -> int:
     label = next(p.label for p in msg.parts if p.kind == "audio")
     return int(label.split("(")[1].split()[0])  # "audio (N samples at 16000 Hz)"
@@ -116,14 +126,14 @@ def test_hands_free_turn_through_the_async_api(omni, audio_devices: None) -> Non
     # the model heard the question as it was spoken: the turn holds the whole clip
     assert turn.audio is not None and turn.audio.size == round(turn.audio_seconds * R)
     ncc = _heard(clip, turn.audio)
-    assert ncc >= 0.9, f"the turn's audio does not match the question (NCC {ncc:.3f})"
+    assert ncc >= 0.9, f"the turn's audio does not match the question (NCC {ncc:.3f}; {kinds}, {turn.audio_seconds})"
     hist = chat.messages
     assert [m.role for m in hist] == ["user", "assistant"]
     assert [p.kind for p in hist[0].parts] == ["audio"] and _user_label_samples(hist[0]) == turn.audio.size
     assert hist[1].text == done.done.text and not hist[1].interrupted
-    # and the reply is what a plain chat turn on the same audio gives (greedy)
-    fresh = omni.chat(max_tokens=24)
-    assert list(fresh.send_sync(audio=[(turn.audio, R)]))[-1].text == done.done.text
+    # and the reply is what a chat turn on the same audio gives (greedy; the session listened while the
+    # user spoke: a live turn with the default clamp, test_live_turn.py compares it with send())
+    assert _replay(omni.chat(max_tokens=24), turn.audio) == done.done.text
     print(f"\n[voice hands-free] turn {turn.audio_seconds:.2f} s for a {clip.size / R:.2f} s question; "
           f"NCC {ncc:.4f}; first text {done.first_text_latency * 1000:.0f} ms after the end of the turn")
 
@@ -139,7 +149,10 @@ def test_barge_in_cancels_the_reply_and_keeps_it_as_interrupted(omni, audio_devi
         log.wait(lambda lg: len(lg.of(ReplyDone)) >= 2, 300, "the reply to the interruption")
     log.wait(lambda lg: lg.of(SessionClosed), 10, "SessionClosed")
     barge = log.of(BargeIn)
-    assert len(barge) == 1 and barge[0].source == "voice" and not barge[0].was_playing  # text only: no player
+    t0 = log.items[0][0]
+    assert len(barge) == 1, [(round(t - t0, 2), type(e).__name__, getattr(e, "audio_seconds", ""))
+                             for t, e in log.items if not isinstance(e, po.TextDelta)]
+    assert barge[0].source == "voice" and not barge[0].was_playing  # text only: no player
     first, second = log.of(ReplyDone)
     assert first.interrupted and first.done.finish_reason == "cancelled"
     assert 0 < first.done.usage.reply_tokens < 3000
@@ -237,3 +250,54 @@ def test_a_turn_with_a_camera_clip(omni) -> None:
     hist = chat.messages
     assert [p.kind for p in hist[0].parts] == ["video", "audio"]
     assert [p.kind for p in hist[2].parts] == ["text"]
+
+
+LONG_QUESTION = "What is on the kitchen counter? Tell me about the cups, the plates and the bowls next to the sink."
+
+
+def _spoken_turn(omni, live: bool) -> dict:
+    """One hands-free spoken turn with a spoken reply on the null sinks: the microphone and the speaker
+    are recorded (parec), so end of user speech -> first sound is measured on the sound itself."""
+    chat = omni.chat(speech=True, max_tokens=12,
+                     speech_options=po.SpeechOptions(temperature=0.0, max_codes=100, seed=3))
+    log = Log()
+    with Parec(MIC, R) as mic, Parec(SPEAKER_MONITOR, R) as spk:
+        mic.wait_for_data()
+        spk.wait_for_data()
+        with po.VoiceSession(chat, on_event=log, live=live) as vs:
+            time.sleep(1.0)  # the VAD learns the noise floor
+            t_say = time.monotonic()
+            clip = _say(LONG_QUESTION)
+            log.wait(lambda lg: lg.of(ReplyDone), 180, "the spoken reply")
+            time.sleep(0.3)
+            live_turn = vs.last_live
+            silence_s = vs.vad.config.end_silence_ms / 1000
+        heard, played = mic.stop(), spk.stop()
+    start = int((t_say - mic.time_of(0)) * R)  # skip anything recorded before the question
+    end_speech = mic.time_of(start + last_loud_index(heard[start:], R, 0.01))
+    first_sound = spk.time_of(first_loud_index(played, R, 0.01))
+    turn, done = log.of(UserTurn)[0], log.of(ReplyDone)[0]
+    assert not done.interrupted and done.done.usage.audio_codes > 0
+    assert _heard(clip, turn.audio) >= 0.9
+    return {"chat": chat, "turn": turn, "done": done, "live": live_turn, "silence": silence_s,
+            "speech_to_sound": first_sound - end_speech, "clip_s": clip.size / R}
+
+
+def test_a_hands_free_turn_is_encoded_while_the_user_speaks(omni, audio_devices: None) -> None:  # noqa: F811
+    on = _spoken_turn(omni, live=True)
+    live, turn = on["live"], on["turn"]
+    assert live is not None and live.clamp == "streaming"
+    # windows were encoded and prefilled while the question was still being spoken (before its end
+    # was even detected), and the reply is the one the whole clip gives
+    early = [w for w in live.timings if w.prefilled_at and w.prefilled_at < turn.ended_at - on["silence"]]
+    assert len(early) >= 2, [(w.index, w.encoded_at - turn.ended_at, w.prefilled_at - turn.ended_at, w.reencoded)
+                             for w in live.timings]
+    fresh = omni.chat(speech=True, max_tokens=12, speech_options=po.SpeechOptions(temperature=0.0, max_codes=100, seed=3))
+    assert _replay(fresh, turn.audio) == on["done"].done.text
+    off = _spoken_turn(omni, live=False)
+    assert off["live"] is None
+    print(f"\n[voice live] {on['clip_s']:.1f} s question, VAD end-of-turn silence {on['silence']:.2f} s; "
+          f"end of user speech -> first sound: live {on['speech_to_sound']:.2f} s, whole clip at the end "
+          f"{off['speech_to_sound']:.2f} s; end of turn detected -> first audio to the player: live "
+          f"{on['done'].first_audio_latency:.2f} s, whole clip {off['done'].first_audio_latency:.2f} s; "
+          f"windows before the end: {len(early)}")

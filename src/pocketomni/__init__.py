@@ -58,6 +58,7 @@ __all__ = [
     "HistoryPolicy",
     "HistoryTrimmed",
     "Listening",
+    "LiveTurn",
     "MediaError",
     "Message",
     "ModelFileError",
@@ -87,6 +88,7 @@ __all__ = [
 _LAZY = {
     "Omni": ("pocketomni.omni", "Omni"),
     "Chat": ("pocketomni.chat.chat", "Chat"),
+    "LiveTurn": ("pocketomni.chat.live_turn", "LiveTurn"),
     "Capabilities": ("pocketomni.engine.model_folder", "Capabilities"),
     "HistoryPolicy": ("pocketomni.chat.history_policy", "HistoryPolicy"),
     "Message": ("pocketomni.chat.conversation", "Message"),

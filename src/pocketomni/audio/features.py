@@ -40,6 +40,10 @@ __all__ = [
     "MAX_FRAMES",
     "MAX_SAMPLES",
     "SAMPLE_RATE",
+    "clamp_log_mel",
+    "clip_peak",
+    "frames_touching",
+    "log10_mel_frames",
     "log_mel",
     "log_mel_segments",
     "mel_filterbank",
@@ -130,33 +134,57 @@ def log_mel(samples: np.ndarray) -> np.ndarray:
             "Use log_mel_segments() (the SDK does) to split it into 300 s segments"
         )
     keep = n_frames(n)
-    half = N_FFT // 2
     # Frames t < n_touch overlap the clip; later ones see only zeros (log10 floor, never the maximum).
-    n_touch = min((n + half - 1) // HOP + 1, MAX_FRAMES)
-    # The reference's signal: the clip, zero-padded to 300 s, reflect-padded by 200 at both ends.
-    end = min(HOP * (n_touch - 1) + half, MAX_SAMPLES)  # samples used on the right, in clip coordinates
-    body = np.zeros(max(end, half + 1), dtype=np.float32)
-    body[:n] = x
-    parts = [body[half:0:-1], body[:end]]
-    overhang = HOP * (n_touch - 1) + half - MAX_SAMPLES
-    if overhang > 0:  # the last frames reach the 300 s edge: reflect there
-        parts.append(body[MAX_SAMPLES - 2 : MAX_SAMPLES - 2 - overhang : -1])
-    padded = np.concatenate(parts).astype(np.float64)
+    n_touch = frames_touching(n)
+    logmel = log10_mel_frames(x, 0, n_touch)
+    return clamp_log_mel(logmel[:keep], clip_peak(logmel.max(), n_touch))
 
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:n_touch]
+
+def frames_touching(n_samples: int) -> int:
+    """Mel frames whose window overlaps a clip of `n_samples` (the ones that can set its maximum)."""
+    return min((int(n_samples) + N_FFT // 2 - 1) // HOP + 1, MAX_FRAMES)
+
+
+def clip_peak(frames_max: float, n_touch: int) -> float:
+    """The clamp's reference maximum: the touching frames' maximum, and the log10 floor that the
+    zero-padded tail of the reference's 300 s signal contributes (when the clip is shorter)."""
+    peak = float(frames_max)
+    if n_touch < MAX_FRAMES:
+        peak = max(peak, float(np.log10(_FLOOR)))
+    return peak
+
+
+def clamp_log_mel(logmel: np.ndarray, peak: float) -> np.ndarray:
+    """(frames, 128) float64 log10 mel -> the encoder's (128, frames) float32 features: clamped at
+    peak - 8, mapped x -> (x + 4) / 4."""
+    out = (np.maximum(logmel, peak - 8.0) + 4.0) / 4.0
+    return np.ascontiguousarray(out.T, dtype=np.float32)
+
+
+def log10_mel_frames(x: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Unclamped log10 mel of frames [start, stop) of the clip `x` as the reference frames it: x
+    zero-padded to 300 s, reflect-padded by N_FFT/2 at both ends of that signal. Float64, (frames, 128).
+    A frame reads clip samples [160 t - 200, 160 t + 200): it needs no zero padding once the clip holds
+    160 t + 200 samples, so frames of a growing clip computed then keep their values (audio.live_mel)."""
+    n = x.shape[0]
+    half = N_FFT // 2
+    idx = np.arange(HOP * start - half, HOP * (stop - 1) + half, dtype=np.int64)
+    idx = np.where(idx < 0, -idx, idx)  # reflect at the left edge
+    over = idx >= MAX_SAMPLES
+    idx[over] = 2 * (MAX_SAMPLES - 1) - idx[over]  # reflect at the 300 s edge
+    sig = np.zeros(idx.shape[0], dtype=np.float64)
+    inside = idx < n
+    sig[inside] = x[idx[inside]]
+    frames = np.lib.stride_tricks.sliding_window_view(sig, N_FFT)[::HOP]
+    assert frames.shape[0] == stop - start
     bank = mel_filterbank()
     win = _window()
-    mel = np.empty((n_touch, N_MELS), dtype=np.float64)
-    for s in range(0, n_touch, _FRAME_BLOCK):
+    mel = np.empty((stop - start, N_MELS), dtype=np.float64)
+    for s in range(0, stop - start, _FRAME_BLOCK):
         spec = np.fft.rfft(frames[s : s + _FRAME_BLOCK] * win, axis=-1)
         power = spec.real**2 + spec.imag**2
         mel[s : s + _FRAME_BLOCK] = power @ bank
-    logmel = np.log10(np.maximum(mel, _FLOOR))
-    peak = logmel.max()
-    if n_touch < MAX_FRAMES:  # the zero-padded tail contributes the floor value to the maximum
-        peak = max(peak, np.log10(_FLOOR))
-    out = (np.maximum(logmel[:keep], peak - 8.0) + 4.0) / 4.0
-    return np.ascontiguousarray(out.T, dtype=np.float32)
+    return np.log10(np.maximum(mel, _FLOOR))
 
 
 def split_segments(samples: np.ndarray) -> list[np.ndarray]:

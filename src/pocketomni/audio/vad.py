@@ -143,6 +143,7 @@ class VoiceActivityDetector:
         )
         self._utterance: list[np.ndarray] = []
         self._utt_first = 0  # frame index of _utterance[0]
+        self._taken = 0  # frames of _utterance handed out by take_audio()
 
     @property
     def noise_floor_db(self) -> float:
@@ -184,6 +185,7 @@ class VoiceActivityDetector:
         ev = VadEvent("speech_end", self._time(self._last_active + 1), audio)
         self.in_speech = False
         self._utterance = []
+        self._taken = 0
         self._run_start, self._run_active, self._run_gap = -1, 0, 0
         return ev
 
@@ -225,6 +227,7 @@ class VoiceActivityDetector:
             first = max(0, self._run_start - pre, i + 1 - len(self._recent))
             self._utterance = list(self._recent)[first - (i + 1 - len(self._recent)) :]
             self._utt_first = first
+            self._taken = 0
             events.append(VadEvent("speech_start", self._time(self._run_start)))
         return events
 
@@ -238,6 +241,21 @@ class VoiceActivityDetector:
             events.extend(self._step(buf[k * self.frame : (k + 1) * self.frame]))
         self._pending = buf[n * self.frame :].copy()
         return events
+
+    def take_audio(self) -> np.ndarray:
+        """While speech is under way: the utterance's samples not taken yet that are sure to be in its
+        speech_end audio (up to the post-roll after the last active frame). Their concatenation is a
+        prefix of that audio, so a listener can start on the turn before it ends."""
+        if not self.in_speech:
+            return np.zeros(0, np.float32)
+        c = self.config
+        post = self._to_frames(c.post_roll_ms) if c.post_roll_ms > 0 else 0
+        sure = min(self._last_active + 1 + post, self._utt_first + len(self._utterance)) - self._utt_first
+        if sure <= self._taken:
+            return np.zeros(0, np.float32)
+        out = np.concatenate(self._utterance[self._taken : sure])
+        self._taken = sure
+        return out
 
     def flush(self) -> list[VadEvent]:
         """End of input: closes an utterance still open."""

@@ -100,20 +100,12 @@ class LlamaContext:
                               False: L.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]
         if kv_f32:  # exact-parity runs; the default f16 cache halves KV memory
             cp.type_k = cp.type_v = 0  # GGML_TYPE_F32
+        self._params = cp  # kept for grow()
         with self.lock:
-            mark = _log.mark()
-            ptr = L.llama_init_from_model(model.ptr, cp)
-            if not ptr:
-                raise PocketOmniError(
-                    f"llama.cpp could not create a context (n_ctx={n_ctx}): {_log.recent_errors(mark)}. "
-                    "Try a smaller n_ctx or free memory."
-                )
-            self._ptr: Any = ptr
-            self._finalizer = weakref.finalize(self, L.llama_free, ptr)
-            self._finalizer.atexit = False  # the model's exit hook frees it (backend/lifetime.py)
+            self._ptr: Any = None
+            self._create(cp)
             model._register(self)
-        self._mem = L.llama_get_memory(ptr)
-        self.n_ctx = int(L.llama_n_ctx(ptr))
+        ptr = self._ptr
         self.n_batch = int(L.llama_n_batch(ptr))
         self.n_ubatch = int(L.llama_n_ubatch(ptr))
         self.n_seq_max = int(L.llama_n_seq_max(ptr))
@@ -123,6 +115,63 @@ class LlamaContext:
         self._logs = [SeqLog() for _ in range(self.n_seq_max)]
         self._buf = BatchBuffers(self.n_batch, model.n_pos_per_embd)
         self._one = np.ones(1, dtype=bool)  # output flags of a one-row batch
+
+    def _create(self, cp: Any) -> None:
+        """Make the llama.cpp context for params `cp` this object's (lock held; the old one, if any, stays
+        for the caller to free)."""
+        mark = _log.mark()
+        ptr = L.llama_init_from_model(self.model.ptr, cp)
+        if not ptr:
+            raise PocketOmniError(
+                f"llama.cpp could not create a context (n_ctx={cp.n_ctx}): {_log.recent_errors(mark)}. "
+                "Try a smaller n_ctx or free memory."
+            )
+        self._ptr = ptr
+        self._finalizer = weakref.finalize(self, L.llama_free, ptr)
+        self._finalizer.atexit = False  # the model's exit hook frees it (backend/lifetime.py)
+        self._mem = L.llama_get_memory(ptr)
+        self.n_ctx = int(L.llama_n_ctx(ptr))
+
+    def grow(self, n_ctx: int) -> None:
+        """Give the KV cache room for `n_ctx` cells (no-op if it has that already): a new llama.cpp context
+        replaces this one, with every sequence's cells copied over (same values, same positions) and the
+        same thread settings, so decoding continues as if it had been this size from the start. Lets a
+        cache start small and grow with its content (the talker's codes) instead of reserving the worst
+        case up front. The old context is freed before the new one is made, so the moment of the copy
+        holds one cache plus one host copy of its cells; if the new size cannot be had, the old size is
+        made again and PocketOmniError raised."""
+        if not isinstance(n_ctx, int) or n_ctx < 1:
+            raise ValueError(f"n_ctx must be a positive int, got {n_ctx!r}")
+        with self.lock:
+            old = self.ptr
+            if n_ctx <= self.n_ctx:
+                return
+            cp, old_n_ctx = self._params, self.n_ctx
+            cp.n_threads, cp.n_threads_batch = int(L.llama_n_threads(old)), int(L.llama_n_threads_batch(old))
+            states = [(s, self._raw_state(s)) for s in range(self.n_seq_max) if self._logs[s].n_cells]
+            self._finalizer()
+            self._ptr = self._mem = None
+            try:
+                cp.n_ctx = n_ctx
+                self._create(cp)
+            except PocketOmniError:
+                cp.n_ctx = old_n_ctx
+                self._create(cp)  # what worked before works again, with the memory just freed
+                self._restore(states)
+                raise
+            self._restore(states)
+
+    def _restore(self, states: list[tuple[int, Any]]) -> None:
+        """Put raw sequence states back after `_create` (lock held); embedding mode as it was."""
+        for s, buf in states:
+            mark = _log.mark()
+            if int(L.llama_state_seq_set_data(self._ptr, buf, len(buf), s)) == 0:
+                L.llama_memory_seq_rm(self._mem, s, -1, -1)
+                self._logs[s] = SeqLog()
+                raise PocketOmniError(f"llama.cpp could not copy sequence {s} into the resized context "
+                                      f"({_log.recent_errors(mark)}); that sequence was emptied")
+        if self._embd_mode != bool(self._params.embeddings):
+            L.llama_set_embeddings(self._ptr, self._embd_mode)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -29,6 +29,7 @@ from pocketomni.backend.cpu_guard import (
     read_cpu_features,
     repack_weights,
 )
+from pocketomni.backend.mapped_file import PageDropper, drop_mapped_pages
 from pocketomni.errors import ModelFileError, OptionsError, PocketOmniError
 from pocketomni.gguf_file import EmbeddingRows, GGUFFile
 
@@ -86,13 +87,22 @@ def available_memory() -> int | None:
         return None
 
 
-def should_mmap(path: Path, n_gpu_layers: int) -> bool:
-    """Map the file, or read it into memory? On the CPU llama.cpp repacks most quantized weights into
-    a buffer of its own (faster matmuls); a mapped file's pages for those weights stay resident beside
-    that copy (3B thinker: 3.35 GB resident mapped vs 2.1 GB read, and reading loads 2x faster). So
-    read, unless the weights go to a GPU (mapped buffers are zero-copy there) or the file would take
-    more than half the memory still available (then the kernel should be free to page it)."""
+def should_mmap(path: Path, n_gpu_layers: int, platform: str | None = None) -> bool:
+    """Map the file, or read it into memory? On the CPU llama.cpp repacks most quantized weights into a
+    buffer of its own (faster matmuls). Mapped, on Linux and Android the file's pages for those weights
+    are dropped as it loads (backend/mapped_file.py); what stays in use from the file (token table rows,
+    output head, weights not repacked) is clean file-backed memory the kernel can reclaim under pressure
+    instead of killing the process, and token-table rows never used never load. Read, all of it is
+    anonymous memory. Spoken turn on x86 (benchmarks/results/memory.md, 2026-12-03): mapped peaks at
+    3150 / 6196 MB (3B / 7B) against 3276 / 6457 MB read, with 1210 / 2299 MB reclaimable against
+    590 / 593 MB, loads faster and decodes as fast. Where pages cannot be dropped (macOS, Windows) the
+    file's pages would stay beside the repacked copy, so there: read, unless the weights go to a GPU
+    (zero-copy buffers) or the file would take more than half the memory still available."""
     if n_gpu_layers != 0:
+        return True
+    from pocketomni.audio.backend import detect_platform
+
+    if (platform or detect_platform()) in ("linux", "android"):
         return True
     avail = available_memory()
     return avail is None or path.stat().st_size > avail // 2
@@ -159,8 +169,15 @@ class LlamaModel:
         params.load_mode = L.LLAMA_LOAD_MODE_MMAP if use_mmap else L.LLAMA_LOAD_MODE_NONE
         params.vocab_only = bool(vocab_only)
         self.weight_layout = self._apply_weight_layout(params, weight_layout)
+        dropper = None
+        if use_mmap and params.n_gpu_layers == 0 and self.weight_layout != "plain":
+            # the CPU's repacked copy replaces most mapped weights: their file pages leave memory as it loads
+            dropper = PageDropper(self.path)
+            params.progress_callback = dropper.callback
         mark = _log.mark()
         ptr = L.llama_model_load_from_file(str(self.path).encode("utf-8"), params)
+        if dropper is not None:
+            drop_mapped_pages(self.path)
         if not ptr:
             raise ModelFileError(
                 f"llama.cpp could not load {self.path}: {_log.recent_errors(mark)}. "

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pocketomni.audio.live_mel import DEFAULT_CLAMP, ClampMode
 from pocketomni.backend.batch import DecodeInterrupted
 from pocketomni.backend.sampling import SamplingParams
 from pocketomni.chat.async_bridge import CancelFlag, ThreadStream
@@ -42,6 +43,7 @@ from pocketomni.chat.decoding import LogitsProcessor, ReplyText, TokenChooser, c
 from pocketomni.chat.history_keeper import HistoryKeeper, mark_all_dropped
 from pocketomni.chat.history_policy import HistoryPolicy
 from pocketomni.chat.store import SavedChat, read_chat_file, write_chat_file
+from pocketomni.chat.turn_state import Prefilled, PrefillStep, TurnAbandoned, TurnHold, TurnHooks
 from pocketomni.closing import Closable
 from pocketomni.engine.positions import KIND_TEXT, Segment, TextSegment, build_prompt
 from pocketomni.engine.thinker import MEDIA_TOKEN_IDS, ThinkerSession, sampling_params
@@ -51,24 +53,12 @@ from pocketomni.events import AudioChunk, Done, Event, HistoryTrimmed, Progress,
 from pocketomni.options import GenerationOptions, check_text, resolve_options
 
 if TYPE_CHECKING:
-
+    from pocketomni.chat.live_turn import LiveTurn
     from pocketomni.engine.runtime import ModelRuntime
     from pocketomni.engine.speech import SpeechEngine, SpeechReply, SpeechSettings
     from pocketomni.engine.speech_pipeline import PipelinedReply
 
 __all__ = ["Chat"]
-
-BUSY_WAIT_SECONDS = 60.0
-
-
-@dataclasses.dataclass(frozen=True)
-class TurnHooks:
-    """The caller's per-turn callables: progress reports and logits processors."""
-
-    progress: Callable[[Progress], None] | None = None
-    logits_processors: tuple[LogitsProcessor, ...] = ()
-    speech: SpeechSettings | None = None  # this turn's speech settings (None: the chat's)
-
 
 def _strip_sources(m: Message) -> Message:
     """The message as kept in history: media as labels only (frees decoded pixels / samples)."""
@@ -108,6 +98,7 @@ class Chat(Closable):
         self._lock = threading.Lock()
         self._owner: int | None = None  # thread running a turn (a suspended send_sync holds the chat)
         self._flag: CancelFlag | None = None
+        self._live: list[LiveTurn] = []  # open live turns (begin_turn), aborted by close()
         model.register(self)
 
     # ------------------------------------------------------------------ public API
@@ -150,6 +141,24 @@ class Chat(Closable):
                                           use_audio_in_video)
         hooks = TurnHooks(on_progress, check_logits_processors(logits_processors), self._turn_speech(speech))
         return self._turn(new, opts, params, CancelFlag(), wait=True, hooks=hooks)
+
+    def begin_turn(self, clamp: ClampMode = DEFAULT_CLAMP, *, options: Any = None,
+                   on_progress: Callable[[Progress], None] | None = None,
+                   logits_processors: Sequence[LogitsProcessor] | None = None,
+                   speech: SpeechSettings | Mapping[str, Any] | None = None, **overrides: Any) -> LiveTurn:
+        """Open a user turn that is still being spoken: `feed_audio()` while the user talks (each 2 s
+        window is encoded and prefilled at once), then `finish(text=None)` streams the reply like
+        `send`. clamp: "streaming" or "exact", how the log-mel clamp treats audio not heard yet
+        (pocketomni.chat.live_turn explains both). Other arguments as for `send`."""
+        from pocketomni.chat.live_turn import LiveTurn
+
+        _check_argument_names(overrides)
+        opts = resolve_options(self.options, options, overrides)
+        params = sampling_params(opts)
+        hooks = TurnHooks(on_progress, check_logits_processors(logits_processors), self._turn_speech(speech))
+        turn = LiveTurn(self, clamp, opts, params, hooks)
+        self._live = [t for t in self._live if not t.done] + [turn]
+        return turn
 
     def cancel(self) -> None:
         """Stop the running turn (if any) within one token; safe from any thread."""
@@ -278,8 +287,10 @@ class Chat(Closable):
         return chat
 
     def close(self) -> None:
-        """Free this chat's context (idempotent)."""
+        """Free this chat's context (idempotent); open live turns are aborted."""
         self.cancel()
+        for t in self._live:
+            t.abort()
         with self._hold():
             self._session.close()
             self._model.unregister(self)
@@ -321,8 +332,8 @@ class Chat(Closable):
         """Consistent reads: wait for another thread's turn; inside this thread's own turn, read as is."""
         return contextlib.nullcontext() if self._owner == threading.get_ident() else self._hold()
 
-    def _hold(self, wait: bool = True, flag: CancelFlag | None = None) -> _Held:
-        return _Held(self, wait, flag)
+    def _hold(self, wait: bool = True, flag: CancelFlag | None = None) -> TurnHold:
+        return TurnHold(self, wait, flag)
 
     def _check_open(self) -> None:
         if self._session.ctx.closed:
@@ -332,10 +343,10 @@ class Chat(Closable):
         """The messages in the cache (the history without what a trim dropped)."""
         return [m for m in self._messages if not m.dropped]
 
-    def _plan(self, new: list[Message], opts: GenerationOptions | None = None
-              ) -> tuple[list[Message], Any, list[Any], HistoryTrimmed | None]:
-        """Render, load media, lay out tokens and check the context window. Changes nothing, unless the
-        turn does not fit and the context policy trims the history first (then the event says so)."""
+    def _render(self, new: list[Message], media_segments: Sequence[Segment]) -> tuple[list[Message], list[Segment]]:
+        """The turn's messages (with the system prompt on a first turn) and its prompt segments, the
+        media parts standing as `media_segments` (in order). Changes nothing."""
+        th = self._model.thinker
         msgs = list(new)
         if not self._context() and self.system is not None and msgs[0].role != "system":
             msgs.insert(0, Message("system", (Part("text", text=self.system),)))
@@ -344,42 +355,13 @@ class Chat(Closable):
 
             check_system_prompt("".join(p.text or "" for p in msgs[0].parts if p.kind == "text"))
         media = [p for m in msgs for p in m.media]
-        prepared = [self._model.media.prepare(p) for p in media]
-        layout = self._layout(msgs, media, prepared)
-        n_new = int(layout.input_ids.size)
-        trimmed = None
-        if self._keeper.trims:  # leave the reply room too (up to the policy's headroom), trimming if need be
-            want = min((opts or self.options).max_tokens, self.context_policy.headroom_for(self.n_ctx))
-            if n_new + want > self._session.room:
-                keep = int(self.context_policy.keep * self.n_ctx)  # the same hysteresis as after a reply
-                trimmed = self._trim(target=min(keep, self.n_ctx - n_new - want), limit=self.n_ctx - n_new - 1,
-                                     before_turn=True)
-                if trimmed is not None:
-                    layout = self._layout(msgs, media, prepared)
-                    n_new = int(layout.input_ids.size)
-        room = self._session.room
-        if n_new + 1 > room:
-            n_media = int(np.count_nonzero(layout.kinds != KIND_TEXT))
-            raise ContextOverflowError(
-                f"this turn needs {n_new} tokens ({n_media} of them for media) plus room for a reply, but only "
-                f"{room} of the {self.n_ctx}-token context are free. Send less text or media, downscale images "
-                "(or load with Omni.load(..., image_max_pixels=...)), call chat.reset() / start a new chat, or load "
-                "the model with a larger n_ctx." + overflow_advice(
-                    [video_cost(p.video, p.segment.audio_tokens is not None) for p in prepared if p.video is not None],
-                    n_new + 1, room)
-            )
-        return msgs, layout, prepared, trimmed
-
-    def _layout(self, msgs: list[Message], media: list[Part], prepared: list[Any]) -> Any:
-        """Token ids, kinds and positions of `msgs` continuing the cached history."""
-        th = self._model.thinker
-        cached = self._context()
-        if cached and cached[-1].role != "assistant":  # only system messages kept: they are not cached
-            msgs, cached = cached + msgs, []
-        pieces = render_turn(th.template, cached, msgs, media)  # the caller's text stays plain text
+        cached, shown = self._context(), msgs
+        if cached and cached[-1].role != "assistant":  # a trim kept only system messages: not cached, render them
+            shown, cached = cached + msgs, []
+        pieces = render_turn(th.template, cached, shown, media)  # the caller's text stays plain text
         segments: list[Segment] = []
         head = list(self._pending)
-        it = iter(prepared)
+        it = iter(media_segments)
         for piece in pieces:
             if not isinstance(piece, Part):
                 ids = th.tokenize_prompt(piece)
@@ -392,8 +374,47 @@ class Chat(Closable):
                 if head:
                     segments.append(TextSegment(head))
                     head = []
-                segments.append(next(it).segment)
-        return build_prompt(segments, start_pos=self._session.next_pos)
+                segments.append(next(it))
+        return msgs, segments
+
+    def _plan(self, new: list[Message], opts: GenerationOptions | None = None
+              ) -> tuple[list[Message], Any, list[Any], HistoryTrimmed | None]:
+        """Render, load media, lay out tokens and check the context window. Changes nothing, unless the
+        turn does not fit and the context policy trims the history first (then the event says so)."""
+        prepared = [self._model.media.prepare(p) for m in new for p in m.media]
+
+        def lay_out() -> tuple[list[Message], Any]:
+            msgs, segments = self._render(new, [p.segment for p in prepared])
+            return msgs, build_prompt(segments, start_pos=self._session.next_pos)
+
+        msgs, layout = lay_out()
+        trimmed = None
+        if self._keeper.trims:  # leave the reply room too (up to the policy's headroom), trimming if need be
+            n_new = int(layout.input_ids.size)
+            want = min((opts or self.options).max_tokens, self.context_policy.headroom_for(self.n_ctx))
+            if n_new + want > self._session.room:
+                keep = int(self.context_policy.keep * self.n_ctx)  # the same hysteresis as after a reply
+                trimmed = self._trim(target=min(keep, self.n_ctx - n_new - want), limit=self.n_ctx - n_new - 1,
+                                     before_turn=True)
+                if trimmed is not None:
+                    msgs, layout = lay_out()
+        self._check_room(layout, prepared)
+        return msgs, layout, prepared, trimmed
+
+    def _check_room(self, layout: Any, prepared: Sequence[Any] = ()) -> None:
+        """ContextOverflowError unless the turn's new tokens and one reply token fit the free context."""
+        n_new = int(layout.input_ids.size)
+        room = self._session.room
+        if n_new + 1 > room:
+            n_media = int(np.count_nonzero(layout.kinds != KIND_TEXT))
+            raise ContextOverflowError(
+                f"this turn needs {n_new} tokens ({n_media} of them for media) plus room for a reply, but only "
+                f"{room} of the {self.n_ctx}-token context are free. Send less text or media, downscale images "
+                "(or load with Omni.load(..., image_max_pixels=...)), call chat.reset() / start a new chat, or load "
+                "the model with a larger n_ctx." + overflow_advice(
+                    [video_cost(p.video, p.segment.audio_tokens is not None) for p in prepared if p.video is not None],
+                    n_new + 1, room)
+            )
 
     def _trim(self, *, target: int, limit: int, before_turn: bool) -> HistoryTrimmed | None:
         """Apply the context policy: drop old turns / media and rebuild the cache (caller holds the chat).
@@ -425,10 +446,11 @@ class Chat(Closable):
         return self._trim(target=min(target, self.n_ctx - headroom), limit=self.n_ctx - headroom, before_turn=False)
 
     def _turn(self, new: list[Message], opts: GenerationOptions, params: SamplingParams, flag: CancelFlag,
-              wait: bool, hooks: TurnHooks = TurnHooks()) -> Iterator[Event]:
+              wait: bool, hooks: TurnHooks | None = None) -> Iterator[Event]:
+        hooks = hooks or TurnHooks()
         try:
             held = self._hold(wait=wait, flag=flag).__enter__()
-        except _Abandoned:
+        except TurnAbandoned:
             return
         try:
             if flag.is_set:
@@ -439,9 +461,9 @@ class Chat(Closable):
             held.__exit__()
 
     def _run(self, new: list[Message], opts: GenerationOptions, params: SamplingParams,
-             flag: CancelFlag, hooks: TurnHooks) -> Iterator[Event]:
+             flag: CancelFlag, hooks: TurnHooks, prefill: PrefillStep | None = None) -> Iterator[Event]:
         if not self.speech:
-            yield from self._run_turn(new, opts, params, flag, None, hooks)
+            yield from self._run_turn(new, opts, params, flag, None, hooks, prefill)
             return
         t0 = time.perf_counter()
         self._check_open()
@@ -450,16 +472,14 @@ class Chat(Closable):
             if not ok:
                 yield Done(text="", finish_reason="cancelled", timings=Timings(total_seconds=time.perf_counter() - t0))
                 return
-            yield from self._run_turn(new, opts, params, flag, engine, hooks)
+            yield from self._run_turn(new, opts, params, flag, engine, hooks, prefill)
 
-    def _run_turn(self, new: list[Message], opts: GenerationOptions, params: SamplingParams,
-                  flag: CancelFlag, engine: SpeechEngine | None, hooks: TurnHooks) -> Iterator[Event]:
-        t0 = time.perf_counter()
-        self._check_open()
-        th, sess = self._model.thinker, self._session
+    def _prefill_turn(self, new: list[Message], flag: CancelFlag, hooks: TurnHooks,
+                      opts: GenerationOptions | None = None) -> Prefilled | None:
+        """Plan (trimming the history if the policy says so), encode the media and prefill a turn; None
+        when cancelled first (the cache is as it was, or as a trim left it)."""
+        sess = self._session
         msgs, layout, prepared, trimmed = self._plan(new, opts)
-        if trimmed is not None:
-            yield trimmed
         t_media = time.perf_counter()
         progress = hooks.progress
         media_rows = self._model.media.encode_all(
@@ -467,20 +487,33 @@ class Chat(Closable):
             progress=None if progress is None else lambda d, n: progress(Progress("encode", d, n)))
         media_s = time.perf_counter() - t_media if prepared else 0.0
         if flag.is_set:  # cancelled before the cache changed: the turn never happened
-            yield Done(text="", finish_reason="cancelled", timings=Timings(total_seconds=time.perf_counter() - t0))
-            return
+            return None
         t_pre = time.perf_counter()
         try:
             logits = sess.prefill(layout, media_rows, should_stop=lambda: flag.is_set,
                                   progress=None if progress is None else lambda d, n: progress(Progress("prefill", d, n)))
         except DecodeInterrupted:  # rolled back: the turn never happened
+            return None
+        return Prefilled(msgs, layout, logits, media_s, time.perf_counter() - t_pre,
+                         media=self._keeper.items(prepared, media_rows), trimmed=trimmed)
+
+    def _run_turn(self, new: list[Message], opts: GenerationOptions, params: SamplingParams,
+                  flag: CancelFlag, engine: SpeechEngine | None, hooks: TurnHooks,
+                  prefill: PrefillStep | None = None) -> Iterator[Event]:
+        t0 = time.perf_counter()
+        self._check_open()
+        th, sess = self._model.thinker, self._session
+        done = self._prefill_turn(new, flag, hooks, opts) if prefill is None else prefill(flag, hooks)
+        if done is None:  # cancelled before the turn entered the cache: it never happened
             yield Done(text="", finish_reason="cancelled", timings=Timings(total_seconds=time.perf_counter() - t0))
             return
-        prefill_s = time.perf_counter() - t_pre
+        msgs, layout, logits, media_s, prefill_s = done.msgs, done.layout, done.logits, done.media_s, done.prefill_s
+        if done.trimmed is not None:
+            yield done.trimmed
         self._pending = []
         first = len(self._messages)
         self._messages += [_strip_sources(m) for m in msgs]
-        self._keeper.record(first, msgs, prepared, media_rows, self._messages)
+        self._keeper.record(first, msgs, done.media, self._messages)
         self._messages.append(Message("assistant", ()))
         reply_at = len(self._messages) - 1
         talk: SpeechReply | PipelinedReply | None = None
@@ -582,44 +615,3 @@ def _check_argument_names(overrides: Mapping[str, Any]) -> None:
         near = difflib.get_close_matches(key, SEND_ARGUMENTS, n=1, cutoff=0.7)
         if near:
             raise OptionsError(f"send() has no argument {key!r}; did you mean {near[0]}=...?")
-
-
-class _Abandoned(Exception):
-    """A queued turn was cancelled before it got the chat."""
-
-
-class _Held:
-    """Holds a chat's turn lock. A turn suspended in the same thread (an unfinished send_sync) makes
-    other calls fail at once instead of deadlocking; other threads wait for it (a cancelled turn
-    ends within one token)."""
-
-    def __init__(self, chat: Chat, wait: bool, flag: CancelFlag | None) -> None:
-        self.chat, self.wait, self.flag = chat, wait, flag
-        self.acquired = False
-
-    def __enter__(self) -> _Held:  # noqa: PYI034
-        c = self.chat
-        me = threading.get_ident()
-        if c._lock.acquire(blocking=False):
-            self.acquired = True
-        elif c._owner == me or not self.wait:
-            raise PocketOmniError(
-                "this chat is busy with another turn; finish iterating it (or close it) before starting another"
-            )
-        if not self.acquired:
-            deadline = time.monotonic() + BUSY_WAIT_SECONDS
-            while not c._lock.acquire(timeout=0.05):
-                if self.flag is not None and self.flag.is_set:
-                    raise _Abandoned
-                if time.monotonic() > deadline:
-                    raise PocketOmniError("this chat stayed busy with another turn for a minute; try again later")
-            self.acquired = True
-        c._owner = me
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        c = self.chat
-        c._published = tuple(c._messages)  # what `messages` shows other threads until the next turn ends
-        c._owner = None
-        c._flag = None
-        c._lock.release()

@@ -89,15 +89,24 @@ class HistoryKeeper:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def record(self, first: int, msgs: list[Message], prepared: list[PreparedMedia],
-               rows: dict[int, np.ndarray], messages: list[Message]) -> None:
-        """After a prefill: keep the media rows of `msgs` (now messages[first:]) and forget those of
-        turns older than the last `media_turns`."""
+    def items(self, prepared: list[PreparedMedia], rows: dict[int, np.ndarray]) -> list[StoredMedia] | None:
+        """A turn's media items with their rows, to `record` once the turn is in the history (None when
+        this chat never trims: nothing is kept)."""
+        if not self.trims:
+            return None
+        return split_rows(prepared, rows) if prepared else []
+
+    def record(self, first: int, msgs: list[Message], stored: list[StoredMedia] | None,
+               messages: list[Message]) -> None:
+        """After a prefill: keep the media rows of `msgs` (now messages[first:]; `stored` from `items`,
+        None when unknown: those media become text at the next trim) and forget those of turns older
+        than the last `media_turns`."""
         if not self.trims:
             return
-        items = iter(split_rows(prepared, rows)) if prepared else iter(())
+        n_media = sum(len(m.media) for m in msgs)
+        items = iter(stored) if stored is not None and len(stored) == n_media else None
         for k, m in enumerate(msgs):
-            if m.media:
+            if m.media and items is not None:
                 self._media[first + k] = [next(items) for _ in m.media]
         _, turns = turns_of(messages)
         recent = {i for t in turns[max(0, len(turns) - self.policy.media_turns):] for i in t}

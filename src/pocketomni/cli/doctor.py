@@ -28,7 +28,6 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 # Native stages the smoke runs, in order: the quantized thinker's decode (llama.cpp), our numpy audio
@@ -44,8 +43,6 @@ PROMPT = "<|im_start|>user\nHello! What can you see and hear?<|im_end|>\n<|im_st
 THINKER_TOKENS = 32  # decode steps of the thinker smoke
 TALKER_CODES = 32  # codes of the talker smoke (the random talker never ends by itself)
 T2W_CODES = 25  # codes of the token2wav smoke: 0.5 s of speech
-N_CTX = 4096  # Omni.load's default context, for the memory estimate
-UBATCH = 512  # llama.cpp micro-batch rows (logits buffer of the estimate)
 
 Report = dict[str, Any]  # section -> fields (JSON-friendly); text and --json show the same sections
 
@@ -165,39 +162,19 @@ def audio_section() -> dict[str, Any]:
 # ---------------------------------------------------------------------- memory
 
 
-def _kv_and_buffers(gguf_path: Path, n_ctx: int, n_ubatch: int) -> int:
-    """Estimated bytes of a llama.cpp model's f16 KV cache at n_ctx plus its logits buffer for n_ubatch rows."""
-    from pocketomni.gguf_file import GGUFFile
-
-    g = GGUFFile.open(gguf_path)
-    a, m = g.arch, g.metadata
-    n_layer, n_embd = int(m[f"{a}.block_count"]), int(m[f"{a}.embedding_length"])
-    n_head = int(m[f"{a}.attention.head_count"])
-    n_kv = int(m.get(f"{a}.attention.head_count_kv") or n_head)
-    head_dim = int(m.get(f"{a}.attention.key_length") or n_embd // n_head)
-    n_vocab = int(g.tensor("token_embd.weight").shape[0])
-    return 2 * n_layer * n_ctx * n_kv * head_dim * 2 + n_ubatch * n_vocab * 4
-
-
 def model_needs(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Bytes a model folder needs: its files (read into memory) plus estimated caches."""
-    from pocketomni.engine.model_folder import ModelFolder
-    from pocketomni.engine.speech import TALKER_EXTRA_CTX
-    from pocketomni.engine.talker import TALKER_UBATCH
+    """The memory budget of a model folder (engine/memory_budget.py): MiB per component and the totals of a
+    text chat, a spoken turn and a spoken turn after media input, at Omni.load's defaults."""
+    from pocketomni.engine.memory_budget import SCENARIOS, memory_budget
 
-    folder = ModelFolder.open(path)
-    files = {n: p for n in ("thinker", "mmproj", "talker", "token2wav") if (p := getattr(folder, n)) is not None}
-    sizes = {n: p.stat().st_size for n, p in files.items()}
-    cache = _kv_and_buffers(folder.thinker, N_CTX, UBATCH)
-    if folder.talker is not None:
-        cache += _kv_and_buffers(folder.talker, N_CTX + TALKER_EXTRA_CTX, TALKER_UBATCH)
-    return {"path": str(folder.root), "files": sizes, "files_bytes": sum(sizes.values()), "cache_bytes": cache,
-            "needs_bytes": sum(sizes.values()) + cache}
+    b = memory_budget(path)
+    return {"path": b.path,
+            "components": [{"name": i.name, "mib": round(i.mb, 1), "when": i.when, "note": i.note} for i in b.items],
+            "totals_mib": {k: round(b.total_mb(k), 1) for k in SCENARIOS}}
 
 
 def memory_section(model_dirs: Sequence[str]) -> dict[str, Any]:
     from pocketomni.backend import llama as backend
-    from pocketomni.engine.speech import TALKER_EXTRA_CTX
 
     avail = backend.available_memory()
     models: list[dict[str, Any]] = []
@@ -207,10 +184,11 @@ def memory_section(model_dirs: Sequence[str]) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 -- a bad folder is part of the report, not the end of it
             models.append({"path": d, "error": f"{type(e).__name__}: {e}"})
             continue
-        need["fits"] = None if avail is None else need["needs_bytes"] <= avail
+        need["fits"] = {k: None if avail is None else v * 2**20 <= avail for k, v in need["totals_mib"].items()}
         models.append(need)
-    estimate = (f"caches = f16 KV cache at n_ctx {N_CTX} (thinker) and {N_CTX + TALKER_EXTRA_CTX} (talker) plus "
-                "one micro-batch of logits each; large images need more for the vision encoder")
+    estimate = ("budget = weights as read (thinker, talker), f16 KV caches (thinker at n_ctx 4096, talker for a "
+                "512-token prompt + 512 codes, growing with longer replies), llama.cpp compute buffers, "
+                "token2wav's mapped weights, the runtime; media encoders load on the first image/audio/video")
     return {"available_bytes": avail, "estimate": estimate, "models": models}
 
 
@@ -523,9 +501,15 @@ def _text(report: Report) -> list[str]:
         if "error" in m:
             out.append(f"  {m['path']}: cannot read it: {m['error']}")
             continue
-        verdict = {True: "fits", False: "does not fit", None: "unknown"}[m["fits"]]
-        out.append(f"  {m['path']}: {verdict}: needs {_size(m['needs_bytes'])} ({m['needs_bytes']} bytes) = files "
-                   f"{_size(m['files_bytes'])} + caches ~{_size(m['cache_bytes'])}")
+        verdicts = []
+        for k, mib in m["totals_mib"].items():
+            fit = m["fits"][k]
+            short = int(mib * 2**20) - (mem["available_bytes"] or 0)
+            word = "unknown" if fit is None else "fits" if fit else f"short by {_size(short)}"
+            verdicts.append(f"{k} {mib:.0f} MiB {word}")
+        out.append(f"  {m['path']}: " + "; ".join(verdicts))
+        for c in m["components"]:
+            out.append(f"    {c['name']} ({c['when']}): {c['mib']:.0f} MiB, {c['note']}")
     out.append(f"  ({mem['estimate']})" if mem["models"] else "  no MODEL_DIR given (pocketomni doctor MODEL_DIR ...)")
     return out
 

@@ -174,6 +174,12 @@ class MediaEncoders:
                 self._audio = load_audio_encoder(self.folder.mmproj)
             return self._audio
 
+    def live_audio_encoder(self) -> AudioEncoder | None:
+        """The exact (2 s window) audio encoder that live turns feed window by window, or None when
+        audio goes through stock mtmd (30 s windows: a live turn then encodes the whole clip at its end)."""
+        self.folder.require("audio_in")
+        return self._audio_encoder() if self.exact_audio else None
+
     def _prepare_video(self, part: Part) -> PreparedMedia:
         self.folder.require("vision")
         use_audio = bool(getattr(part, "use_audio", True))

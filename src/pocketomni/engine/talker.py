@@ -37,6 +37,7 @@ from pocketomni.options import SpeechOptions
 EmbedFn = Callable[[Sequence[int]], np.ndarray]
 TALKER_ARCHS = ("paddleocr", "qwen2vl")
 TALKER_UBATCH = 128  # llama.cpp micro-batch rows for the talker (sizes its attention scratch)
+TALKER_CTX_STEP = 512  # KV cells the talker's cache grows by (about 10 s of speech at 50 codes/s)
 
 
 class Talker:
@@ -55,7 +56,9 @@ class Talker:
     the speakers and the feed's token ids). `thinker_embed(ids)` returns thinker input-embedding rows
     (n, thinker hidden) for thinker token ids, e.g. `LlamaModel.embed_tokens` of the thinker GGUF; it
     gives the speaker's bos row and the tts_text_eos / tts_text_pad rows. `kv_f32` keeps the KV cache
-    in float32 (parity runs); `n_ctx` bounds prompt + 2 + codes.
+    in float32 (parity runs); `n_ctx` bounds prompt + 2 + codes. The KV cache does not reserve all of
+    `n_ctx` up front: it holds the prompt plus room for `TALKER_CTX_STEP` codes and grows by that step
+    as the reply's codes need it (`LlamaContext.grow`, cells copied as they are), up to `n_ctx`.
     """
 
     def __init__(
@@ -90,7 +93,11 @@ class Talker:
             self.thinker_width = w.shape[1]
             # 128-row micro-batches: the prompt is prefilled once per reply and codes come one at a
             # time, so a quarter of the default attention scratch (3B/7B: 221 -> ~60 MB) costs little
-            self.ctx = LlamaContext(self.model, n_ctx=n_ctx, n_ubatch=TALKER_UBATCH, kv_f32=kv_f32, n_seq_max=1)
+            if not isinstance(n_ctx, int) or n_ctx < 1:
+                raise OptionsError(f"n_ctx must be a positive int, got {n_ctx!r}")
+            self.max_ctx = -(-n_ctx // 256) * 256  # llama.cpp rounds a context up to whole 256-cell blocks
+            self.ctx = LlamaContext(self.model, n_ctx=min(n_ctx, TALKER_CTX_STEP), n_ubatch=TALKER_UBATCH,
+                                    kv_f32=kv_f32, n_seq_max=1)
             eos, pad = self._thinker_rows([self.ids.text_eos, self.ids.text_pad])
             self._eos_proj, self._pad_proj = eos @ self._wt, pad @ self._wt
         except BaseException:
@@ -126,6 +133,12 @@ class Talker:
     def _codec_rows(self, codes: Sequence[int]) -> np.ndarray:
         return self.model.embed_tokens(list(codes))
 
+    def _room(self, cells: int) -> None:
+        """Grow the KV cache, if needed, to hold `cells` cells plus a step of room (at most max_ctx)."""
+        if cells > self.ctx.n_ctx:
+            step = TALKER_CTX_STEP
+            self.ctx.grow(min(self.max_ctx, -(-(cells + step) // step) * step))
+
     # ------------------------------------------------------------------ streaming API
 
     def start(
@@ -148,9 +161,9 @@ class Talker:
             )
         first = self._eh(first_reply_eh, "first_reply_eh", 1)
         spk = self.weights.speaker(speaker)
-        if n + 2 > self.ctx.n_ctx:
+        if n + 2 > self.max_ctx:
             raise ContextOverflowError(
-                f"the prompt ({n} tokens) does not fit the talker context ({self.ctx.n_ctx}); "
+                f"the prompt ({n} tokens) does not fit the talker context ({self.max_ctx}); "
                 "use a larger n_ctx."
             )
         x = np.concatenate([prompt, self._thinker_rows([spk.bos_token]), first]) @ self._wt
@@ -163,6 +176,7 @@ class Talker:
 
         self.ctx.clear()
         self._active = False
+        self._room(n + 2)  # empty now: growing copies nothing
         if needs_ordered_decode(rows[:3]):  # a video with its sound: positions go back in time
             result = decode_in_order(self.ctx, x, rows[:3])
         else:
@@ -180,7 +194,8 @@ class Talker:
                                       suppress_ids=[self.ids.codec_bos])
         # ids the reference's generate has seen: codec_mask per prompt token, then codec_pad, codec_bos
         self._sampler.seen([self.ids.codec_pad, self.ids.codec_bos] + ([self.ids.codec_mask] if n else []))
-        self._max_codes = min(opts.max_codes, self.ctx.n_ctx - (n + 2) + 1)  # code k needs n + 2 + k cells
+        self._max_codes = min(opts.max_codes, self.max_ctx - (n + 2) + 1)  # code k needs n + 2 + k cells
+        self._prompt_cells = n + 2
         self.n_steps = 0  # sampling steps (codes plus the final end code)
         self._reply: list[np.ndarray] = []  # projected W @ R[k]
         self._finished = False
@@ -250,6 +265,7 @@ class Talker:
                     "the talker needs the next reply token: push_reply() or finish_reply() first"
                 )
             x = self._codec_rows([self._pending])[0] + row
+            self._room(self._prompt_cells + len(self._codes))  # code k = len(codes) needs n + 2 + k cells
             p = self._next_pos
             self.last_logits = self.ctx.decode_row(x, (p, p, p, 0))
             self._next_pos += 1

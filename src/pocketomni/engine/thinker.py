@@ -26,9 +26,18 @@ from pocketomni.engine.positions import KIND_TEXT, KIND_VIDEO, PromptLayout, Tok
 from pocketomni.errors import InternalError, ModelFileError
 from pocketomni.options import GenerationOptions
 
-__all__ = ["MEDIA_TOKEN_IDS", "ContextSettings", "History", "Thinker", "ThinkerSession", "sampling_params"]
+__all__ = ["MEDIA_TOKEN_IDS", "THINKER_UBATCH", "ContextSettings", "History", "Thinker", "ThinkerSession",
+           "sampling_params"]
 
 MEDIA_TOKEN_IDS = (TokenIds.audio, TokenIds.image, TokenIds.video)
+# llama.cpp micro-batch rows of each chat's context. Its compute buffer holds one micro-batch's logits
+# (rows x 151936 floats: 297 MiB at 512 rows, 74 MiB at 128) or attention scores, whichever is larger;
+# speech chats prefill in 128-row chunks anyway (hidden states), and text prefill runs as fast at 128
+# rows (benchmarks/results/thinker_buffers-3b.md).
+THINKER_UBATCH = 128
+# KV cells a chat's cache grows by, up to n_ctx: llama.cpp zeroes a cache when it makes it, so a cache
+# sized for n_ctx up front is resident in full (7B: 224 MiB at 4096) however short the chat.
+THINKER_CTX_STEP = 1024
 
 
 def sampling_params(opts: GenerationOptions) -> SamplingParams:
@@ -43,6 +52,7 @@ class ContextSettings:
 
     n_ctx: int = 4096
     n_batch: int = 512
+    n_ubatch: int = THINKER_UBATCH
     n_threads: int | None = None
     kv_f32: bool = False
     hidden_dtype: str = "float16"  # storage of H for speech chats
@@ -206,20 +216,30 @@ class History:
 
 
 class ThinkerSession:
-    """One chat's sequence: a llama.cpp context (sequence 0) plus its History."""
+    """One chat's sequence: a llama.cpp context (sequence 0) plus its History. The context holds up to
+    `n_ctx` tokens; its KV cache starts at THINKER_CTX_STEP cells and grows by that step as the chat needs
+    (`LlamaContext.grow`: cells copied as they are, same arithmetic as a cache made large)."""
 
     def __init__(self, thinker: Thinker, *, keep_hidden: bool = False) -> None:
         s = thinker.settings
         self.thinker = thinker
-        self.ctx = LlamaContext(thinker.model, n_ctx=s.n_ctx, n_batch=s.n_batch, n_threads=s.n_threads,
-                                n_seq_max=1, kv_f32=s.kv_f32)
+        self.max_ctx = s.n_ctx
+        self.ctx = LlamaContext(thinker.model, n_ctx=min(s.n_ctx, THINKER_CTX_STEP), n_batch=s.n_batch, n_ubatch=min(s.n_ubatch, s.n_batch),
+                                n_threads=s.n_threads, n_seq_max=1, kv_f32=s.kv_f32)
         self.history = History(thinker.model.n_embd, keep_hidden, s.hidden_dtype)
 
     # ------------------------------------------------------------------ sizes
 
     @property
     def n_ctx(self) -> int:
-        return self.ctx.n_ctx
+        return self.max_ctx
+
+    def _room(self, cells: int) -> None:
+        """Grow the KV cache to hold `cells` cells (whole steps, at most n_ctx; beyond that decoding
+        reports the overflow as before)."""
+        if cells > self.ctx.n_ctx and self.ctx.n_ctx < self.max_ctx:
+            step = THINKER_CTX_STEP
+            self.ctx.grow(min(self.max_ctx, -(-cells // step) * step))
 
     @property
     def n_used(self) -> int:
@@ -249,6 +269,7 @@ class ThinkerSession:
         n0 = self.history.n
         ids, kinds = layout.input_ids, layout.kinds
         rows = layout.llama_rows()
+        self._room(self.n_used + int(ids.size))
         try:
             if np.all(kinds == KIND_TEXT):
                 res = self.ctx.decode(tokens=ids, positions=rows[0], logits="last", hidden=self._hidden_sel(),
@@ -283,6 +304,7 @@ class ThinkerSession:
     def step(self, token: int) -> np.ndarray:
         """Decode one reply token at the next position; returns its logits."""
         pos = self.next_pos
+        self._room(self.n_used + 1)
         res = self.ctx.decode(tokens=[int(token)], logits="last", hidden=self._hidden_sel())
         self.history.append([token], [KIND_TEXT], np.full((3, 1), pos, np.int32),
                             res.hidden if self.history.keeps_hidden else None)
@@ -323,6 +345,7 @@ class ThinkerSession:
         """Restore a saved sequence; ModelFileError (the sequence left empty) unless the token history
         is well-formed and matches the cache cell for cell."""
         self._check_arrays(arrays)
+        self._room(int(arrays["ids"].size))  # the saved cells (checked against the history below)
         self.ctx.set_state(data, 0)
         try:
             self.history.load(arrays)

@@ -6,7 +6,11 @@
             if isinstance(ev, po.TextDelta):
                 print(ev.text, end="")
 
-The turn is sent to the model as audio (the model hears it; there is no separate recognizer). The
+The turn is sent to the model as audio (the model hears it; there is no separate recognizer). In
+hands-free mode the session listens while the user speaks: from the VAD's speech_start on, the audio
+goes into a live turn (`chat.begin_turn()`, pocketomni.chat.live_turn) whose 2 s windows are encoded
+and prefilled as they are heard, also while a reply is still playing, so at the end of the turn only
+the last partial window and the assistant header remain (`live=False`: the whole clip at the end). The
 reply streams to the speaker as AudioChunks arrive. When the user starts speaking over a reply
 (or presses push-to-talk, or calls `interrupt()`), playback stops at once and generation is
 cancelled; the partial reply stays in the chat's history, marked interrupted.
@@ -65,7 +69,9 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from pocketomni.audio.contract import AudioBackend, AudioPlayer, AudioRecorder
+    from pocketomni.audio.live_mel import ClampMode
     from pocketomni.chat.chat import Chat
+    from pocketomni.chat.live_turn import LiveTurn
 
 __all__ = ["BargeIn", "Listening", "OutputStatus", "ReplyDone", "SessionClosed", "UserSpeaking", "UserTurn",
            "VoiceError", "VoiceEvent", "VoiceSession"]
@@ -88,6 +94,8 @@ class _Turn:
     visual: tuple[str, Any] | None  # ("images", [image]), ("video", clip) or ("camera", frames): seen with this turn
     epoch: int
     ended_at: float = field(default_factory=time.monotonic)
+    live: LiveTurn | None = None  # hands-free: the turn heard so far, encoded as it comes
+    ended: threading.Event | None = None  # set when a live turn's speech ended (or it was dropped)
 
 
 # ---------------------------------------------------------------- session
@@ -110,13 +118,17 @@ class VoiceSession:
       with the user's voice as its sound track; `set_camera()` switches it at any time.
     camera_pixels: pixels per camera frame at most (default 160*28*28: 4:3 frames become 392x308, 154
       tokens per second of video), at least the model's smallest video frame (Omni video_min_pixels).
+    live: hands-free turns are encoded and prefilled while the user speaks (needs a VAD with
+      take_audio(), as VoiceActivityDetector has); False: the whole clip after the turn ends.
+    clamp: the live turns' log-mel clamp mode, "exact" or "streaming" (default: Chat.begin_turn's).
     """
 
     def __init__(self, chat: Chat, input_device: int | str | None | Literal[False] = None,
                  output_device: int | str | None | Literal[False] = None, *, vad: Any = None,
                  hands_free: bool = True, barge_in: bool = True, options: Any = None,
                  on_event: Callable[[Any], None] | None = None, audio_backend: AudioBackend | None = None,
-                 camera: Any = None, camera_pixels: int | None = None) -> None:
+                 camera: Any = None, camera_pixels: int | None = None,
+                 live: bool = True, clamp: ClampMode | None = None) -> None:
         self.chat = chat
         self._audio = audio_backend
         self.input_device, self.output_device = input_device, output_device
@@ -129,6 +141,10 @@ class VoiceSession:
         self.vad = vad
         self.barge_in = barge_in
         self.options = options
+        self.live = bool(live) and hasattr(vad, "take_audio")
+        self.clamp = clamp
+        self._open: _Turn | None = None  # the live turn the user is speaking now
+        self._queued = 0  # submitted turns not yet done (a live turn counts once its speech ended)
         self._hands_free = bool(hands_free)
         self._listeners: list[Callable[[Any], None]] = [on_event] if on_event else []
         self._sticky: dict[type, Any] = {}  # latest OutputStatus / Listening dispatched, for new listeners
@@ -147,6 +163,7 @@ class VoiceSession:
         self.player: AudioPlayer | None = None
         self.speaking = False
         self.barge_ins: list[BargeIn] = []  # every barge-in so far (latency figures)
+        self.last_live: LiveTurn | None = None  # the live turn of the last reply (its window timings)
         self._threads: list[threading.Thread] = []
         self._started = self._closed = False
         self._video_limits = video_frame_limits(chat)
@@ -213,6 +230,7 @@ class VoiceSession:
         self.chat.cancel()
         if self.player is not None:
             self.player.stop()
+        self._drop_open()
         self._turns.put(None)
         self.set_camera(None)
         me = threading.current_thread()  # close() may be called from a listener (the dispatch thread)
@@ -257,6 +275,7 @@ class VoiceSession:
             self._hands_free = bool(on)
             self._ptt = None
             self.vad.reset()
+            self._drop_open()
         self._emit(Listening(self._hands_free))
 
     @property
@@ -433,6 +452,7 @@ class VoiceSession:
             try:
                 for ev in self.vad.feed(blk):
                     self._on_vad(ev)
+                self._feed_open()
             except Exception as e:  # noqa: BLE001 -- reported, capture goes on
                 self._emit(VoiceError(f"voice activity detection failed: {e}", e))
 
@@ -444,8 +464,67 @@ class VoiceSession:
             if self.barge_in:
                 self._barge("voice", now)
             self._emit(UserSpeaking(now))
+            if self.live:
+                self._open_live()
         elif ev.kind == "speech_end" and ev.audio is not None:
-            self._queue_turn(np.asarray(ev.audio, dtype=np.float32))
+            audio = np.asarray(ev.audio, dtype=np.float32)
+            with self._lock:
+                turn, self._open = self._open, None
+            if turn is not None and turn.live is not None:
+                self._end_live(turn, audio)
+            else:
+                self._queue_turn(audio)
+
+    # ------------------------------------------------------------------ live turns (hands-free)
+
+    def _open_live(self) -> None:
+        """speech_start: a live turn takes the audio from here on (queued now, so turns stay in order)."""
+        self._drop_open()
+        try:
+            kw: dict[str, Any] = {} if self.clamp is None else {"clamp": self.clamp}
+            live = self.chat.begin_turn(options=self.options, **kw)
+        except PocketOmniError as e:
+            self._emit(VoiceError(f"cannot listen while you speak ({e}); the turn is sent when it ends", e))
+            self.live = False
+            return
+        turn = _Turn(None, None, None, self._epoch, live=live, ended=threading.Event())
+        with self._lock:
+            self._open = turn
+        self._turns.put(turn)
+
+    def _feed_open(self) -> None:
+        turn = self._open
+        if turn is None or turn.live is None:
+            return
+        x = self.vad.take_audio()
+        if x.size:
+            turn.live.feed_audio(x)
+
+    def _end_live(self, turn: _Turn, audio: np.ndarray) -> None:
+        """speech_end: the rest of the utterance goes in; the turn is submitted."""
+        live = turn.live
+        assert live is not None and turn.ended is not None
+        fed = live.n_samples
+        if fed <= audio.size and not live.done:
+            live.feed_audio(audio[fed:])  # (a mismatch makes _run_turn send the whole clip instead)
+        with self._lock:
+            if self._closed:
+                return
+            turn.visual = self._take_visual(audio)  # a camera turn goes as video: _run_turn sends the whole clip
+            turn.audio, turn.epoch, turn.ended_at = audio, self._epoch, time.monotonic()
+            self._replying = True
+            self._queued += 1
+        self._emit_user_turn(turn)
+        turn.ended.set()
+
+    def _drop_open(self) -> None:
+        """The turn being spoken is dropped (VAD reset, session closed)."""
+        with self._lock:
+            turn, self._open = self._open, None
+        if turn is not None and turn.live is not None:
+            turn.live.abort()
+            assert turn.ended is not None
+            turn.ended.set()
 
     def _barge(self, source: str, detected_at: float) -> None:
         """Stop playback first (the audible part), then cancel generation; report the latency."""
@@ -467,37 +546,63 @@ class VoiceSession:
         with self._lock:
             if self._closed:
                 return
-            visual, self._visual = self._visual, None
-            camera = self.camera
-            if camera is not None and audio is not None:  # always end the camera's turn; attachments win
-                frames = camera.take(audio.size / RATE)
-                visual = visual or (None if frames is None else ("camera", frames))
             self._replying = True
-            turn = _Turn(audio, text, visual, self._epoch)
-        secs = 0.0 if audio is None else audio.size / RATE
-        kind = visual[0] if visual else None
-        self._emit(UserTurn(secs, kind == "images", text, turn.ended_at, audio, video=kind in ("video", "camera"),
-                            frames=visual[1] if kind == "camera" else None))
+            self._queued += 1
+            turn = _Turn(audio, text, self._take_visual(audio), self._epoch)
+        self._emit_user_turn(turn)
         self._turns.put(turn)
+
+    def _take_visual(self, audio: np.ndarray | None) -> tuple[str, Any] | None:
+        """What the next turn sees (under the lock): an attachment, else the camera's frames of this turn."""
+        visual, self._visual = self._visual, None
+        camera = self.camera
+        if camera is not None and audio is not None:  # always end the camera's turn; attachments win
+            frames = camera.take(audio.size / RATE)
+            visual = visual or (None if frames is None else ("camera", frames))
+        return visual
+
+    def _emit_user_turn(self, turn: _Turn) -> None:
+        audio, visual = turn.audio, turn.visual
+        kind = visual[0] if visual else None
+        self._emit(UserTurn(0.0 if audio is None else audio.size / RATE, kind == "images", turn.text, turn.ended_at,
+                            audio, video=kind in ("video", "camera"),
+                            frames=visual[1] if visual is not None and kind == "camera" else None))
 
     # ------------------------------------------------------------------ turn thread
 
     def _turn_loop(self) -> None:
+        if self.live:  # load the audio encoder now rather than while the user's first turn is heard
+            try:
+                self.chat._model.media.live_audio_encoder()
+            except PocketOmniError:
+                self.live = False
         while True:
             turn = self._turns.get()
             if turn is None or self._closed:
                 return
+            if turn.ended is not None:  # a live turn: wait until the user has finished speaking
+                while not turn.ended.wait(0.1):
+                    if self._closed:
+                        return
+                if turn.audio is None:  # dropped while being spoken
+                    continue
             try:
                 self._run_turn(turn)
             except Exception as e:  # noqa: BLE001 -- reported; the session keeps listening
                 self._emit(VoiceError(f"the reply failed: {e}", e))
             with self._lock:
-                self._replying = not self._turns.empty()
+                self._queued -= 1
+                self._replying = self._queued > 0
             if not self._closed and not self._replying:
                 self._emit(Listening(self._hands_free))
 
     def _run_turn(self, turn: _Turn) -> None:
         audio = turn.audio
+        live = turn.live
+        if live is not None and (self._carry is not None or turn.visual is not None or turn.epoch != self._epoch
+                                 or live.done or live.n_samples != (0 if audio is None else audio.size)):
+            live.abort()  # it cannot take what goes before its audio: the whole clip, as without live turns
+            live = None
         if self._carry is not None and audio is not None:  # a turn cut short by more speech: join them
             if turn.visual is not None and turn.visual[0] == "camera":  # the camera held still over the carry
                 turn.visual = ("camera", prepend_still(turn.visual[1], self._carry.size / RATE + 0.2))
@@ -526,7 +631,8 @@ class VoiceSession:
             kwargs["options"] = self.options
         t_text = t_audio = 0.0
         done: Done | None = None
-        for ev in self.chat.send_sync(**kwargs):
+        self.last_live = live
+        for ev in (live.finish_sync() if live is not None else self.chat.send_sync(**kwargs)):
             if turn.epoch != self._epoch:
                 self.chat.cancel()  # the turn now holds the chat, so this reaches it
             if isinstance(ev, TextDelta):

@@ -1,0 +1,187 @@
+"""Live user turns (chat.begin_turn): audio encoded and prefilled window by window while it is fed.
+
+`exact` mode must give what `chat.send(audio=...)` gives for the same clip: the same prompt ids and
+positions, and first-reply-token logits equal up to float32 rounding (the live turn encodes and
+prefills the same rows in other batch splits). The tolerance is the classic bound for re-associated
+float32 sums: a dot product of K terms computed in another order differs by at most K * u * sum|terms|
+(u = 2**-24), per reduction on the path; the path has the audio tower's and the thinker's layers, and
+the longest reduction is the larger of the FFN width and the prompt length. Relative to max|logit|
+(the size of sum|terms| at the output) that gives (layers + 2) * K * u.
+`streaming` mode works end to end and differs only where the clamp's running maximum was lower.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from audio_env import espeak, silence
+from omni_fixtures.config import VARIANT_SPECS
+
+import pocketomni as po
+from pocketomni.audio.features import log_mel
+from pocketomni.audio.live_mel import LiveLogMel
+
+R = 16000
+U = 2.0**-24
+QUESTION = "What is on the kitchen counter? Tell me about the cups and the plates."
+
+
+def quiet_then_loud() -> np.ndarray:
+    """Digital silence, a quiet question, then the loud question: the clip's maximum comes late, so
+    windows heard early were clamped at a lower maximum (exact mode must redo them)."""
+    q = espeak(QUESTION, R)
+    return np.concatenate([silence(0.3, R), 0.003 * q[: int(2.5 * R)], q, silence(0.2, R)]).astype(np.float32)
+
+
+def loud_then_quiet() -> np.ndarray:
+    q = espeak(QUESTION, R)
+    return np.concatenate([silence(0.2, R), q[: int(2.2 * R)], 0.003 * q, silence(0.2, R)]).astype(np.float32)
+
+
+def logit_tolerance(n_prompt: int) -> float:
+    v = VARIANT_SPECS["base"]
+    k = max(v.intermediate, v.aud_ffn, n_prompt)
+    return (v.layers + v.aud_layers + 2) * k * U
+
+
+@pytest.fixture(scope="module")
+def omni(converted_tiny):
+    with po.Omni.load_sync(converted_tiny("base", "f32"), n_threads=1) as o:
+        yield o
+
+
+def _observer() -> tuple[list[np.ndarray], object]:
+    box: list[np.ndarray] = []
+
+    def obs(ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        if not box:
+            box.append(np.array(logits, np.float64))
+        return logits
+
+    return box, obs
+
+
+def _feed(turn: po.LiveTurn, clip: np.ndarray, block: int = 320) -> None:
+    for i in range(0, clip.size, block):
+        turn.feed_audio(clip[i : i + block])
+
+
+def _wait_prefilled(turn: po.LiveTurn, n: int, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while turn.windows_prefilled < n:
+        assert time.monotonic() < end, f"only {turn.windows_prefilled} of {n} windows prefilled"
+        time.sleep(0.02)
+
+
+def _one_piece(omni, clip: np.ndarray, text: str | None = None):
+    chat = omni.chat(max_tokens=6)
+    box, obs = _observer()
+    done = list(chat.send_sync(text, audio=[(clip, R)], logits_processors=[obs]))[-1]
+    return chat, box[0], done
+
+
+@pytest.mark.parametrize("shape", ["quiet_then_loud", "loud_then_quiet"])
+def test_exact_live_turn_equals_sending_the_clip(omni, shape: str) -> None:
+    clip = quiet_then_loud() if shape == "quiet_then_loud" else loud_then_quiet()
+    ref_chat, ref_logits, ref_done = _one_piece(omni, clip, "Answer briefly.")
+    chat = omni.chat(max_tokens=6)
+    box, obs = _observer()
+    turn = chat.begin_turn("exact", logits_processors=[obs])
+    _feed(turn, clip)
+    n_full = (clip.size - 200) // 160 // 200  # windows complete before the end (audio.live_mel)
+    _wait_prefilled(turn, n_full)  # encoded and in the cache before the turn ends
+    assert n_full >= 2 and all(t.prefilled_at > 0 for t in turn.timings)
+    done = list(turn.finish_sync("Answer briefly."))[-1]
+    redone = [t.index for t in turn.timings if t.reencoded]
+    if shape == "quiet_then_loud":
+        assert redone and redone[0] == 0  # the late maximum changed the first window's features
+    else:
+        assert not redone
+    n = ref_done.usage.prompt_tokens
+    assert done.usage == ref_done.usage
+    assert chat.tokens[:n] == ref_chat.tokens[:n]
+    np.testing.assert_array_equal(chat._session.history.positions[:, :n], ref_chat._session.history.positions[:, :n])
+    gap = np.abs(box[0] - ref_logits).max() / np.abs(ref_logits).max()
+    assert gap <= logit_tolerance(n), gap
+    assert done.tokens == ref_done.tokens
+    assert [m.to_dict() for m in chat.messages] == [m.to_dict() for m in ref_chat.messages]
+    print(f"\n[live exact {shape}] windows redone {redone}; logits relative gap {gap:.2e} "
+          f"(bound {logit_tolerance(n):.1e})")
+
+
+def test_streaming_live_turn_end_to_end(omni) -> None:
+    clip = quiet_then_loud()
+    ref_chat, ref_logits, ref_done = _one_piece(omni, clip)
+    chat = omni.chat(max_tokens=6)
+    box, obs = _observer()
+    turn = chat.begin_turn("streaming", logits_processors=[obs])
+    _feed(turn, clip)
+    done = list(turn.finish_sync())[-1]
+    assert done.finish_reason in ("stop", "length") and not any(t.reencoded for t in turn.timings)
+    n = ref_done.usage.prompt_tokens
+    assert done.usage.prompt_tokens == n and chat.tokens[:n] == ref_chat.tokens[:n]
+    gap = np.abs(box[0] - ref_logits).max() / np.abs(ref_logits).max()
+    assert gap > logit_tolerance(n)  # the first window really was clamped lower: not the exact result
+    # a second, typed turn continues the conversation from the live one
+    second = list(chat.send_sync("And then?"))[-1]
+    assert second.finish_reason in ("stop", "length")
+    assert [m.role for m in chat.messages] == ["user", "assistant", "user", "assistant"]
+    print(f"\n[live streaming] logits relative gap to the whole-clip clamp {gap:.2e}")
+
+
+def test_abort_and_a_busy_chat(omni) -> None:
+    chat = omni.chat(max_tokens=4)
+    list(chat.send_sync("Hello"))
+    before = chat.tokens
+    turn = chat.begin_turn()
+    _feed(turn, quiet_then_loud()[: 5 * R])
+    _wait_prefilled(turn, 2)
+    assert len(chat._session.history.ids) > len(before)  # the open turn is in the cache
+    turn.abort()
+    assert chat.tokens == before and [m.role for m in chat.messages] == ["user", "assistant"]
+    with pytest.raises(po.PocketOmniError, match="ended"):
+        turn.feed_audio(np.zeros(160, np.float32))
+    # a turn begun while a reply runs: windows are encoded meanwhile, prefilled once the chat is free
+    clip = loud_then_quiet()
+    ref_done = _one_piece(omni, clip)[2]
+    other = omni.chat(max_tokens=200)
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        started.set()
+        release.wait(30)
+        return logits
+
+    t = threading.Thread(target=lambda: list(other.send_sync("Hi", logits_processors=[slow], max_tokens=1)))
+    t.start()
+    assert started.wait(30)
+    live = other.begin_turn("exact", max_tokens=6)
+    _feed(live, clip)
+    end = time.monotonic() + 30
+    while not (live.timings and all(w.encoded_at for w in live.timings)):
+        assert time.monotonic() < end
+        time.sleep(0.02)
+    assert live.windows_prefilled == 0  # the chat is still busy with the reply
+    release.set()
+    t.join(30)
+    done = list(live.finish_sync())[-1]
+    assert done.usage.media_tokens == ref_done.usage.media_tokens
+    assert [m.role for m in other.messages] == ["user", "assistant", "user", "assistant"]
+
+
+def test_live_log_mel_exact_repair_is_the_whole_clip_log_mel() -> None:
+    rng = np.random.default_rng(7)
+    for n in (321, 3 * R + 77, 64039, 64040, 9 * R + 5):
+        x = (rng.standard_normal(n) * 0.1).astype(np.float32)
+        x[: n // 3] *= 1e-6  # quiet start: the early windows' running maximum is too low
+        lm, given = LiveLogMel(), []
+        for i in range(0, n, 997):
+            lm.feed(x[i : i + 997])
+            given += lm.windows()
+        peak = lm.end()
+        fixed = [w if w.valid_for(peak) else lm.reclamp(w.index, peak) for w in given] + lm.rest(peak)
+        np.testing.assert_array_equal(np.concatenate([w.features for w in fixed], axis=1), log_mel(x))
