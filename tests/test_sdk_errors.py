@@ -101,13 +101,21 @@ def test_bad_inputs_raise_typed_errors_and_the_chat_goes_on(omni, tmp_path) -> N
 
 
 def test_context_fills_up_during_a_reply(omni) -> None:
-    chat = omni.chat(max_tokens=10_000)
+    chat = omni.chat(max_tokens=10_000, context_policy="error")
     done = _run(chat, "word " * 400)
     assert done.finish_reason == "length" and chat.n_tokens == omni.n_ctx
     with pytest.raises(po.ContextOverflowError, match="reset"):
         _run(chat, "more")
     chat.reset()
     assert _run(chat, "fresh start", max_tokens=2).finish_reason == "length"
+    # the default policy drops the turn that filled the context (nothing else is left to drop)
+    chat = omni.chat(max_tokens=10_000)
+    events = list(chat.send_sync("word " * 400))
+    trimmed, done = events[-2:]
+    assert isinstance(trimmed, po.HistoryTrimmed) and trimmed.tokens_before == omni.n_ctx
+    assert done.finish_reason == "length" and chat.n_tokens == trimmed.tokens_after == 0
+    assert [m.dropped for m in chat.messages] == [True, True]
+    assert _run(chat, "more", max_tokens=2).finish_reason == "length"
 
 
 def test_features_missing_from_the_folder(omni, converted_tiny, tmp_path) -> None:

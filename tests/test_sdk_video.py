@@ -138,7 +138,7 @@ def test_interrupted_video_prefill_rolls_back(omni):
     _done(chat.send_sync("Hello"))
     before, stored_before = chat.n_tokens, chat._session.ctx.stored_positions(0)
     sess = chat._session
-    _, layout, prepared = chat._plan([user_message("What?", video=(frames(4), 2, sound(4), RATE))])
+    _, layout, prepared, _ = chat._plan([user_message("What?", video=(frames(4), 2, sound(4), RATE))])
     rows = omni.runtime.media.encode_all(prepared)
     calls = []
     with pytest.raises(DecodeInterrupted):

@@ -24,7 +24,7 @@ from pocketomni.errors import (
     OptionsError,
     PocketOmniError,
 )
-from pocketomni.events import AudioChunk, Done, Event, Progress, TextDelta, Timings, Usage
+from pocketomni.events import AudioChunk, Done, Event, HistoryTrimmed, Progress, TextDelta, Timings, Usage
 from pocketomni.options import GenerationOptions, SpeechOptions
 from pocketomni.voice.events import (
     BargeIn,
@@ -55,6 +55,8 @@ __all__ = [
     "Event",
     "FeatureUnavailableError",
     "GenerationOptions",
+    "HistoryPolicy",
+    "HistoryTrimmed",
     "Listening",
     "LiveTurn",
     "MediaError",
@@ -88,6 +90,7 @@ _LAZY = {
     "Chat": ("pocketomni.chat.chat", "Chat"),
     "LiveTurn": ("pocketomni.chat.live_turn", "LiveTurn"),
     "Capabilities": ("pocketomni.engine.model_folder", "Capabilities"),
+    "HistoryPolicy": ("pocketomni.chat.history_policy", "HistoryPolicy"),
     "Message": ("pocketomni.chat.conversation", "Message"),
     "Part": ("pocketomni.chat.conversation", "Part"),
     "SpeechSettings": ("pocketomni.engine.speech", "SpeechSettings"),

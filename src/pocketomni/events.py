@@ -64,6 +64,27 @@ class Progress:
     total: int
 
 
+@dataclass(frozen=True)
+class HistoryTrimmed:
+    """The context window was nearly full: old turns (or their media) were dropped and the cache
+    rebuilt from the kept history (the chat's `context_policy`, chat/history_policy.py). Streamed
+    right before a turn's `Done` when the reply left less than the policy's headroom free, or before
+    a turn's first `TextDelta` when the new turn did not fit. The dropped messages stay in
+    `chat.messages` marked `dropped=True`; dropped media read "[image]", "[audio]" or "[video]".
+
+    dropped_messages: whole messages dropped now; dropped_media: media parts replaced now;
+    tokens_before / tokens_after: cache cells in use; seconds: planning plus re-prefill;
+    before_turn: True when the new turn forced it (the rebuild was on the way to the reply).
+    """
+
+    dropped_messages: int
+    dropped_media: int
+    tokens_before: int
+    tokens_after: int
+    seconds: float
+    before_turn: bool
+
+
 FinishReason = Literal["stop", "length", "stop_string", "cancelled"]
 
 
@@ -83,4 +104,4 @@ class Done:
     tokens: tuple[int, ...] = ()
 
 
-Event = TextDelta | AudioChunk | Done
+Event = TextDelta | AudioChunk | HistoryTrimmed | Done

@@ -139,7 +139,7 @@ class Omni(Closable):
 
     def chat(self, system: str | None = None, speech: bool | SpeechSettings = False, *, voice: str | None = None,
              speech_preset: str | None = None, speech_options: Any = None, speech_streaming: str | None = None,
-             options: Any = None, **overrides: Any) -> Chat:
+             options: Any = None, context_policy: Any = None, **overrides: Any) -> Chat:
         """A new conversation. `system`: the system prompt (None: the chat template's default, or for
         speech chats the prompt the model speaks with, `pocketomni.engine.speech.SPEECH_SYSTEM_PROMPT`).
 
@@ -153,6 +153,9 @@ class Omni(Closable):
 
         `options` (GenerationOptions or dict) and keyword overrides set the chat's default generation
         options; each `send` may override them again.
+        context_policy: what a full context does: "trim" (default: old turns, media first, are dropped
+        and the cache rebuilt right after a reply, so the chat never fills up), "error"
+        (ContextOverflowError), or a `HistoryPolicy` / dict (headroom, keep, min_turns, media_turns).
         """
         from pocketomni.chat.chat import Chat
         from pocketomni.engine.speech import SPEECH_SYSTEM_PROMPT, SpeechSettings, check_system_prompt
@@ -178,7 +181,8 @@ class Omni(Closable):
         elif any(v is not None for v in (voice, speech_preset, speech_options, speech_streaming)):
             raise OptionsError("voice, speech_preset, speech_options and speech_streaming need chat(speech=True)")
         opts = resolve_options(GenerationOptions(), options, overrides)
-        return Chat(self.runtime, system=system, speech=bool(speech), options=opts, speech_settings=settings)
+        return Chat(self.runtime, system=system, speech=bool(speech), options=opts, speech_settings=settings,
+                    context_policy=context_policy)
 
     async def achat(self, system: str | None = None, speech: bool = False, **kwargs: Any) -> Chat:
         """`chat(...)` in a worker thread (a chat allocates its context cache); same arguments."""

@@ -40,6 +40,8 @@ from pocketomni.chat.conversation import (
     user_message,
 )
 from pocketomni.chat.decoding import LogitsProcessor, ReplyText, TokenChooser, check_logits_processors
+from pocketomni.chat.history_keeper import HistoryKeeper, mark_all_dropped
+from pocketomni.chat.history_policy import HistoryPolicy
 from pocketomni.chat.store import SavedChat, read_chat_file, write_chat_file
 from pocketomni.chat.turn_state import Prefilled, PrefillStep, TurnAbandoned, TurnHold, TurnHooks
 from pocketomni.closing import Closable
@@ -47,7 +49,7 @@ from pocketomni.engine.positions import KIND_TEXT, Segment, TextSegment, build_p
 from pocketomni.engine.thinker import MEDIA_TOKEN_IDS, ThinkerSession, sampling_params
 from pocketomni.engine.video_limits import overflow_advice, video_cost
 from pocketomni.errors import ContextOverflowError, MediaError, ModelFileError, OptionsError, PocketOmniError
-from pocketomni.events import AudioChunk, Done, Event, Progress, TextDelta, Timings, Usage
+from pocketomni.events import AudioChunk, Done, Event, HistoryTrimmed, Progress, TextDelta, Timings, Usage
 from pocketomni.options import GenerationOptions, check_text, resolve_options
 
 if TYPE_CHECKING:
@@ -68,7 +70,11 @@ class Chat(Closable):
     """One conversation. Create with `Omni.chat()`; several chats on one model never see each other."""
 
     def __init__(self, model: ModelRuntime, *, system: str | None = None, speech: bool = False,
-                 options: GenerationOptions | None = None, speech_settings: SpeechSettings | None = None) -> None:
+                 options: GenerationOptions | None = None, speech_settings: SpeechSettings | None = None,
+                 context_policy: HistoryPolicy | str | Mapping[str, Any] | None = None) -> None:
+        """context_policy: what a full context does (chat/history_policy.py): "trim" (default: old turns
+        are dropped and the cache rebuilt, so the chat goes on forever), "error" (ContextOverflowError),
+        or a HistoryPolicy / dict of its fields (headroom, keep, min_turns, media_turns)."""
         if system is not None and not isinstance(system, str):
             raise OptionsError(f"system must be a string or None, got {type(system).__name__}")
         if system is not None:
@@ -77,6 +83,7 @@ class Chat(Closable):
             from pocketomni.engine.speech import SpeechSettings
 
             speech_settings = SpeechSettings()
+        policy = HistoryPolicy.resolve(context_policy)
         self._model = model
         self.system = system
         self.speech = speech
@@ -84,7 +91,8 @@ class Chat(Closable):
         self._last_speech: SpeechReply | PipelinedReply | None = None  # the last turn's spoken reply (codes, timings)
         self.options = options or GenerationOptions()
         self._session: ThinkerSession = model.thinker.session(keep_hidden=speech)
-        self._messages: list[Message] = []  # every message whose tokens are in the cache
+        self._keeper = HistoryKeeper(policy, model.thinker)
+        self._messages: list[Message] = []  # every message; those not `dropped` are in the cache
         self._published: tuple[Message, ...] = ()  # _messages as of the last turn's end (see messages)
         self._pending: list[int] = []  # reply tokens sampled but not yet decoded into the cache
         self._lock = threading.Lock()
@@ -160,7 +168,8 @@ class Chat(Closable):
 
     @property
     def messages(self) -> list[Message]:
-        """The conversation so far (media as labels). Never waits for a running turn: while another
+        """The conversation so far (media as labels); messages and media a full context trimmed away
+        are kept, marked `dropped=True` (see `context_policy`). Never waits for a running turn: while another
         thread runs one, the history as it was when the last turn ended; a cancelled turn that is still
         stopping (within one token) is waited for, so its partial reply is there."""
         flag = self._flag
@@ -185,20 +194,27 @@ class Chat(Closable):
         """Context window of this chat, in tokens."""
         return self._session.n_ctx
 
+    @property
+    def context_policy(self) -> HistoryPolicy:
+        """What this chat does when its context fills up (chat/history_policy.py)."""
+        return self._keeper.policy
+
     def reset(self) -> None:
         """Forget the conversation (the system prompt stays)."""
         with self._hold():
             self._session.clear()
             self._messages.clear()
             self._pending.clear()
+            self._keeper.clear()
 
     def fork(self) -> Chat:
         """An independent copy of this chat (same history and cache) that continues separately."""
         with self._hold():
             other = Chat(self._model, system=self.system, speech=self.speech, options=self.options,
-                         speech_settings=self.speech_settings)
+                         speech_settings=self.speech_settings, context_policy=self.context_policy)
             try:
                 other._session.copy_from(self._session)
+                other._keeper.copy_from(self._keeper)
             except BaseException:
                 other.close()
                 raise
@@ -235,6 +251,7 @@ class Chat(Closable):
                 "voice": st.voice, "preset": st.preset, "streaming": st.streaming,
                 "options": dataclasses.asdict(st.options)},
             "options": dataclasses.asdict(self.options),
+            "context_policy": self.context_policy.to_dict(),
             "messages": [m.to_dict() for m in self._messages],
             "pending": [int(t) for t in self._pending],
         }
@@ -255,7 +272,8 @@ class Chat(Closable):
 
             d = header["speech_settings"]
             settings = SpeechSettings.resolve(d.get("voice"), d.get("preset"), d.get("options"), d.get("streaming"))
-        chat = cls(model, system=header.get("system"), speech=speech, options=opts, speech_settings=settings)
+        chat = cls(model, system=header.get("system"), speech=speech, options=opts, speech_settings=settings,
+                   context_policy=header.get("context_policy"))
         try:
             if chat.speech and "hidden" not in saved.arrays:
                 raise ModelFileError(f"{path} has no hidden states for a speech chat; it is corrupt")
@@ -321,19 +339,26 @@ class Chat(Closable):
         if self._session.ctx.closed:
             raise PocketOmniError("this chat is closed (or its model was closed); start a new one with omni.chat()")
 
+    def _context(self) -> list[Message]:
+        """The messages in the cache (the history without what a trim dropped)."""
+        return [m for m in self._messages if not m.dropped]
+
     def _render(self, new: list[Message], media_segments: Sequence[Segment]) -> tuple[list[Message], list[Segment]]:
         """The turn's messages (with the system prompt on a first turn) and its prompt segments, the
         media parts standing as `media_segments` (in order). Changes nothing."""
         th = self._model.thinker
         msgs = list(new)
-        if not self._messages and self.system is not None and msgs[0].role != "system":
+        if not self._context() and self.system is not None and msgs[0].role != "system":
             msgs.insert(0, Message("system", (Part("text", text=self.system),)))
         elif self.speech and msgs[0].role == "system":
             from pocketomni.engine.speech import check_system_prompt
 
             check_system_prompt("".join(p.text or "" for p in msgs[0].parts if p.kind == "text"))
         media = [p for m in msgs for p in m.media]
-        pieces = render_turn(th.template, self._messages, msgs, media)  # the caller's text stays plain text
+        cached, shown = self._context(), msgs
+        if cached and cached[-1].role != "assistant":  # a trim kept only system messages: not cached, render them
+            shown, cached = cached + msgs, []
+        pieces = render_turn(th.template, cached, shown, media)  # the caller's text stays plain text
         segments: list[Segment] = []
         head = list(self._pending)
         it = iter(media_segments)
@@ -352,13 +377,29 @@ class Chat(Closable):
                 segments.append(next(it))
         return msgs, segments
 
-    def _plan(self, new: list[Message]) -> tuple[list[Message], Any, list[Any]]:
-        """Render, load media, lay out tokens and check the context window. Changes nothing."""
+    def _plan(self, new: list[Message], opts: GenerationOptions | None = None
+              ) -> tuple[list[Message], Any, list[Any], HistoryTrimmed | None]:
+        """Render, load media, lay out tokens and check the context window. Changes nothing, unless the
+        turn does not fit and the context policy trims the history first (then the event says so)."""
         prepared = [self._model.media.prepare(p) for m in new for p in m.media]
-        msgs, segments = self._render(new, [p.segment for p in prepared])
-        layout = build_prompt(segments, start_pos=self._session.next_pos)
+
+        def lay_out() -> tuple[list[Message], Any]:
+            msgs, segments = self._render(new, [p.segment for p in prepared])
+            return msgs, build_prompt(segments, start_pos=self._session.next_pos)
+
+        msgs, layout = lay_out()
+        trimmed = None
+        if self._keeper.trims:  # leave the reply room too (up to the policy's headroom), trimming if need be
+            n_new = int(layout.input_ids.size)
+            want = min((opts or self.options).max_tokens, self.context_policy.headroom_for(self.n_ctx))
+            if n_new + want > self._session.room:
+                keep = int(self.context_policy.keep * self.n_ctx)  # the same hysteresis as after a reply
+                trimmed = self._trim(target=min(keep, self.n_ctx - n_new - want), limit=self.n_ctx - n_new - 1,
+                                     before_turn=True)
+                if trimmed is not None:
+                    msgs, layout = lay_out()
         self._check_room(layout, prepared)
-        return msgs, layout, prepared
+        return msgs, layout, prepared, trimmed
 
     def _check_room(self, layout: Any, prepared: Sequence[Any] = ()) -> None:
         """ContextOverflowError unless the turn's new tokens and one reply token fit the free context."""
@@ -374,6 +415,35 @@ class Chat(Closable):
                     [video_cost(p.video, p.segment.audio_tokens is not None) for p in prepared if p.video is not None],
                     n_new + 1, room)
             )
+
+    def _trim(self, *, target: int, limit: int, before_turn: bool) -> HistoryTrimmed | None:
+        """Apply the context policy: drop old turns / media and rebuild the cache (caller holds the chat).
+        Does nothing when even dropping everything droppable would not get under `limit`."""
+        t0 = time.perf_counter()
+        new, plan = self._keeper.plan(self._messages, target, limit)
+        if plan.empty or (before_turn and plan.cost > limit):
+            return None  # nothing to drop, or a turn that cannot fit anyway: the caller's error, history intact
+        try:
+            event = self._keeper.apply(self._session, self._messages, new, plan, before_turn=before_turn, t0=t0)
+        except BaseException:
+            self._messages = mark_all_dropped(self._messages)  # the cache is empty now
+            self._pending = []
+            self._keeper.clear()
+            raise
+        self._messages = new
+        self._pending = []  # the rebuilt cache holds every kept reply whole
+        return event
+
+    def _after_reply(self, finish: str) -> HistoryTrimmed | None:
+        """Right after a reply: trim when less than the policy's headroom is free (not after a cancelled
+        turn: the user is talking, and the next turn trims if it must)."""
+        if not self._keeper.trims or finish == "cancelled":
+            return None
+        headroom = self.context_policy.headroom_for(self.n_ctx)
+        if self._session.room >= headroom:
+            return None
+        target = int(self.context_policy.keep * self.n_ctx)
+        return self._trim(target=min(target, self.n_ctx - headroom), limit=self.n_ctx - headroom, before_turn=False)
 
     def _turn(self, new: list[Message], opts: GenerationOptions, params: SamplingParams, flag: CancelFlag,
               wait: bool, hooks: TurnHooks | None = None) -> Iterator[Event]:
@@ -404,10 +474,12 @@ class Chat(Closable):
                 return
             yield from self._run_turn(new, opts, params, flag, engine, hooks, prefill)
 
-    def _prefill_turn(self, new: list[Message], flag: CancelFlag, hooks: TurnHooks) -> Prefilled | None:
-        """Plan, encode the media and prefill a turn; None when cancelled first (the cache is as it was)."""
+    def _prefill_turn(self, new: list[Message], flag: CancelFlag, hooks: TurnHooks,
+                      opts: GenerationOptions | None = None) -> Prefilled | None:
+        """Plan (trimming the history if the policy says so), encode the media and prefill a turn; None
+        when cancelled first (the cache is as it was, or as a trim left it)."""
         sess = self._session
-        msgs, layout, prepared = self._plan(new)
+        msgs, layout, prepared, trimmed = self._plan(new, opts)
         t_media = time.perf_counter()
         progress = hooks.progress
         media_rows = self._model.media.encode_all(
@@ -422,7 +494,8 @@ class Chat(Closable):
                                   progress=None if progress is None else lambda d, n: progress(Progress("prefill", d, n)))
         except DecodeInterrupted:  # rolled back: the turn never happened
             return None
-        return Prefilled(msgs, layout, logits, media_s, time.perf_counter() - t_pre)
+        return Prefilled(msgs, layout, logits, media_s, time.perf_counter() - t_pre,
+                         media=self._keeper.items(prepared, media_rows), trimmed=trimmed)
 
     def _run_turn(self, new: list[Message], opts: GenerationOptions, params: SamplingParams,
                   flag: CancelFlag, engine: SpeechEngine | None, hooks: TurnHooks,
@@ -430,13 +503,17 @@ class Chat(Closable):
         t0 = time.perf_counter()
         self._check_open()
         th, sess = self._model.thinker, self._session
-        done = self._prefill_turn(new, flag, hooks) if prefill is None else prefill(flag, hooks)
+        done = self._prefill_turn(new, flag, hooks, opts) if prefill is None else prefill(flag, hooks)
         if done is None:  # cancelled before the turn entered the cache: it never happened
             yield Done(text="", finish_reason="cancelled", timings=Timings(total_seconds=time.perf_counter() - t0))
             return
         msgs, layout, logits, media_s, prefill_s = done.msgs, done.layout, done.logits, done.media_s, done.prefill_s
+        if done.trimmed is not None:
+            yield done.trimmed
         self._pending = []
+        first = len(self._messages)
         self._messages += [_strip_sources(m) for m in msgs]
+        self._keeper.record(first, msgs, done.media, self._messages)
         self._messages.append(Message("assistant", ()))
         reply_at = len(self._messages) - 1
         talk: SpeechReply | PipelinedReply | None = None
@@ -501,6 +578,9 @@ class Chat(Closable):
         n_new = int(layout.input_ids.size)
         decode_s = t_text - t_first if t_first else 0.0
         audio_s = talk.audio_seconds if talk is not None else 0.0
+        trimmed = self._after_reply(finish)  # rebuild now, not when the user has just stopped talking
+        if trimmed is not None:
+            yield trimmed
         self._published = tuple(self._messages)  # final before Done: a reader woken by Done sees this turn
         yield Done(
             text=text,

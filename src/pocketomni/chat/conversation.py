@@ -31,7 +31,7 @@ from pocketomni.options import check_text
 __all__ = [
     "AUDIO_PLACEHOLDER", "IMAGE_PLACEHOLDER", "VIDEO_PLACEHOLDER", "ChatTemplate", "Message",
     "Part",
-    "PromptText", "parse_messages", "render_delta", "render_turn", "split_rendered", "user_message",
+    "PromptText", "parse_messages", "render_delta", "render_history", "render_turn", "split_rendered", "user_message",
 ]
 
 IMAGE_PLACEHOLDER = "<|vision_bos|><|IMAGE|><|vision_eos|>"
@@ -51,6 +51,8 @@ class Part:
     `source` is what the caller passed for a media part (path, bytes, PIL image, array, (array, rate),
     a video path or (frames, fps[, audio, rate])); it is not kept in saved chats. `label` is a short
     description that is ("cat.jpg", "image 640x480"). `use_audio` (videos): interleave the sound track.
+    `dropped` (media): a full context trimmed it away; the model now sees the text "[image]" / "[audio]"
+    / "[video]" in its place (see chat/history_policy.py).
     """
 
     kind: str  # "text" | "image" | "audio" | "video"
@@ -58,6 +60,7 @@ class Part:
     source: Any = field(default=None, compare=False, repr=False)
     label: str = ""
     use_audio: bool = True
+    dropped: bool = False
 
     def __post_init__(self) -> None:
         if self.kind == "text":
@@ -70,16 +73,26 @@ class Part:
         d: dict[str, Any] = {"type": self.kind, "label": self.label}
         if self.kind == "video" and not self.use_audio:
             d["use_audio"] = False
+        if self.dropped:
+            d["dropped"] = True
         return d
+
+    @property
+    def placeholder(self) -> str:
+        """What the model sees of a dropped media part."""
+        return f"[{self.kind}]"
 
 
 @dataclass(frozen=True)
 class Message:
-    """A chat message. `interrupted` marks an assistant reply that was cut short (cancelled)."""
+    """A chat message. `interrupted` marks an assistant reply that was cut short (cancelled);
+    `dropped` a message a full context trimmed away: kept in `chat.messages` as a transcript, no
+    longer seen by the model (see chat/history_policy.py)."""
 
     role: str
     parts: tuple[Part, ...]
     interrupted: bool = False
+    dropped: bool = False
 
     @property
     def text(self) -> str:
@@ -88,14 +101,16 @@ class Message:
 
     @property
     def media(self) -> list[Part]:
-        """The image, audio and video parts, in order."""
-        return [p for p in self.parts if p.kind != "text"]
+        """The image, audio and video parts the model sees, in order (dropped ones are left out)."""
+        return [p for p in self.parts if p.kind != "text" and not p.dropped]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form: {"role", "content": [...], "interrupted"?}."""
+        """JSON-friendly form: {"role", "content": [...], "interrupted"?, "dropped"?}."""
         d: dict[str, Any] = {"role": self.role, "content": [p.to_dict() for p in self.parts]}
         if self.interrupted:
             d["interrupted"] = True
+        if self.dropped:
+            d["dropped"] = True
         return d
 
     @classmethod
@@ -103,26 +118,31 @@ class Message:
         """Inverse of `to_dict` (media come back as labels only)."""
         parts = tuple(
             Part("text", text=str(c.get("text", ""))) if c.get("type") == "text"
-            else Part(str(c.get("type")), label=str(c.get("label", "")), use_audio=bool(c.get("use_audio", True)))
+            else Part(str(c.get("type")), label=str(c.get("label", "")), use_audio=bool(c.get("use_audio", True)),
+                      dropped=bool(c.get("dropped", False)))
             for c in d.get("content", [])
         )
-        return cls(str(d["role"]), parts, bool(d.get("interrupted", False)))
+        return cls(str(d["role"]), parts, bool(d.get("interrupted", False)), bool(d.get("dropped", False)))
 
     def template_dict(self, texts: list[str] | None = None) -> dict[str, Any]:
         """The message as chat templates expect it (string content when it is text only). With
         `texts`, each text part is appended there and rendered as a marker (see `render_turn`)."""
 
         def text(p: Part) -> str:
-            if texts is None or not p.text:
-                return p.text
-            texts.append(p.text)
+            t = p.placeholder if p.dropped else p.text  # a dropped media part reads as text, e.g. "[image]"
+            if texts is None or not t:
+                return t
+            texts.append(t)
             return f"\x00pocketomni-text-{len(texts) - 1}\x00"
 
+        def is_text(p: Part) -> bool:
+            return p.kind == "text" or p.dropped
+
         if not self.media:
-            return {"role": self.role, "content": "".join(text(p) for p in self.parts if p.kind == "text")}
+            return {"role": self.role, "content": "".join(text(p) for p in self.parts if is_text(p))}
         content: list[dict[str, Any]] = []
         for p in self.parts:
-            content.append({"type": "text", "text": text(p)} if p.kind == "text" else {"type": p.kind})
+            content.append({"type": "text", "text": text(p)} if is_text(p) else {"type": p.kind})
         return {"role": self.role, "content": content}
 
 
@@ -374,6 +394,30 @@ def render_turn(template: ChatTemplate, cached: Sequence[Message], new: Sequence
     """`render_delta` cut into prompt text and media parts, with the caller's text kept apart."""
     texts: list[str] = []
     rendered = _render_after(template, cached, [m.template_dict(texts) for m in new])
+    return _prompt_pieces(rendered, texts, media)
+
+
+def render_history(template: ChatTemplate, cached: Sequence[Message], media: Sequence[Part]) -> list[PromptText | Part]:
+    """The prompt pieces of a cached conversation (ending with an assistant reply) as a new chat sent
+    the same messages would lay them out: everything up to the end of the last reply's text, where
+    `render_turn` continues. `media`: the media parts of `cached`, in order. Rebuilds a trimmed cache."""
+    if not cached or cached[-1].role != "assistant":
+        raise ValueError("a cached conversation must end with an assistant reply")
+    texts: list[str] = []
+    dicts = [m.template_dict(texts) for m in cached[:-1]]
+    dicts.append({"role": "assistant", "content": _SENTINEL})
+    full = template._render(dicts, add_generation_prompt=False)
+    if full.count(_SENTINEL) != 1:
+        raise ModelFileError("the chat template does not reproduce assistant replies verbatim; cannot continue the chat")
+    head = full.split(_SENTINEL, 1)[0]
+    reply = cached[-1].text
+    if reply:
+        texts.append(reply)
+        head += f"\x00pocketomni-text-{len(texts) - 1}\x00"
+    return _prompt_pieces(head, texts, media)
+
+
+def _prompt_pieces(rendered: str, texts: list[str], media: Sequence[Part]) -> list[PromptText | Part]:
     out: list[PromptText | Part] = []
     for piece in split_rendered(rendered, media):
         if isinstance(piece, Part):

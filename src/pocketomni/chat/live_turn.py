@@ -50,6 +50,7 @@ from pocketomni.audio.rates import INPUT_RATE
 from pocketomni.backend.batch import DecodeInterrupted
 from pocketomni.chat.async_bridge import CancelFlag, ThreadStream
 from pocketomni.chat.conversation import Message, Part, user_message
+from pocketomni.chat.history_keeper import StoredMedia
 from pocketomni.chat.turn_state import Prefilled, TurnAbandoned, TurnHold, TurnHooks
 from pocketomni.engine.positions import KIND_AUDIO, AudioSegment, PromptLayout, Segment, build_prompt
 from pocketomni.errors import FeatureUnavailableError, OptionsError, PocketOmniError
@@ -336,7 +337,8 @@ class LiveTurn:
         media_s = time.perf_counter() - t0
         rows = [r for r in self._rows if r.shape[0]]
         n_rows = sum(r.shape[0] for r in rows)
-        msgs, segments = chat._render([msg], [AudioSegment(n_rows)])
+        audio = AudioSegment(n_rows)
+        msgs, segments = chat._render([msg], [audio])
         layout = build_prompt(segments, start_pos=self._start_pos)
         chat._check_room(_slice(layout, self._n_head, layout.input_ids.size))
         if flag.is_set:
@@ -370,7 +372,8 @@ class LiveTurn:
         for t in self.timings:
             t.prefilled_at = t.prefilled_at if not t.reencoded and t.prefilled_at else now
         self._n_head = 0  # the turn is the chat's now: nothing to roll back
-        return Prefilled(msgs, layout, logits, media_s, time.perf_counter() - t_pre)
+        stored = [StoredMedia(audio, {KIND_AUDIO: np.concatenate(rows)})] if rows and chat._keeper.trims else None
+        return Prefilled(msgs, layout, logits, media_s, time.perf_counter() - t_pre, media=stored)
 
     # ------------------------------------------------------------------ figures
 

@@ -1,6 +1,8 @@
 """Saving a chat to one file and restoring it: history, KV cache, options; written atomically.
 
-File layout (format 2): b"POCHAT02" | u32 header length | JSON header | 32-byte sha256 of the header
+The header also holds the chat's context policy and its messages, those a trim dropped included
+(`dropped`); the embeddings of kept media are not saved, so after a restore a later trim turns them
+into "[image]"-style text. File layout (format 2): b"POCHAT02" | u32 header length | JSON header | 32-byte sha256 of the header
 | u64 length | .npz of the per-token history (ids, kinds, positions[, hidden]) | u64 length | the KV
 sequence state (LlamaContext.get_state, which carries the thinker file's identity). The header holds
 the sha256 of the two other sections ("checksums"), so damage anywhere is found before restoring.
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pocketomni.backend.kv_state import write_atomic
+from pocketomni.chat.history_policy import HistoryPolicy
 from pocketomni.errors import ModelFileError, OptionsError
 from pocketomni.options import GenerationOptions, check_text
 
@@ -171,6 +174,9 @@ def check_header(header: dict[str, Any], path: Path) -> None:
     opts = header.get("options", {})
     need(isinstance(opts, dict), "'options' is not an object")
     _as_file_error(path, lambda: GenerationOptions.from_dict(opts))
+    policy = header.get("context_policy")
+    need(policy is None or isinstance(policy, dict), "'context_policy' is not an object")
+    _as_file_error(path, lambda: HistoryPolicy.resolve(policy))
     pending = header.get("pending", [])
     need(isinstance(pending, list) and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
                                            for t in pending), "'pending' is not a list of token ids")
@@ -180,13 +186,14 @@ def check_header(header: dict[str, Any], path: Path) -> None:
         need(isinstance(m, dict) and m.get("role") in _ROLES, f"message {i} has no valid role")
         need(isinstance(m.get("content"), list), f"message {i} has no content list")
         need(isinstance(m.get("interrupted", False), bool), f"message {i}: 'interrupted' is not true or false")
+        need(isinstance(m.get("dropped", False), bool), f"message {i}: 'dropped' is not true or false")
         for c in m["content"]:
             need(isinstance(c, dict) and c.get("type") in _PART_TYPES, f"message {i} holds a malformed part")
             if c["type"] == "text":
                 text(c.get("text"), f"the text of message {i}")
             else:
-                need(isinstance(c.get("label", ""), str) and isinstance(c.get("use_audio", True), bool),
-                     f"message {i} holds a malformed media part")
+                need(isinstance(c.get("label", ""), str) and isinstance(c.get("use_audio", True), bool)
+                     and isinstance(c.get("dropped", False), bool), f"message {i} holds a malformed media part")
 
 
 def _as_file_error(path: Path, check: Callable[[], Any]) -> None:

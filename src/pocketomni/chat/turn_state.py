@@ -15,10 +15,11 @@ from pocketomni.chat.async_bridge import CancelFlag
 from pocketomni.chat.conversation import Message
 from pocketomni.chat.decoding import LogitsProcessor
 from pocketomni.errors import PocketOmniError
-from pocketomni.events import Progress
+from pocketomni.events import HistoryTrimmed, Progress
 
 if TYPE_CHECKING:
     from pocketomni.chat.chat import Chat
+    from pocketomni.chat.history_keeper import StoredMedia
     from pocketomni.engine.speech import SpeechSettings
 
 __all__ = ["BUSY_WAIT_SECONDS", "PrefillStep", "Prefilled", "TurnAbandoned", "TurnHold", "TurnHooks"]
@@ -38,13 +39,16 @@ class TurnHooks:
 @dataclasses.dataclass
 class Prefilled:
     """A turn whose prompt is in the cache: its messages, layout, last logits and the encode / prefill
-    seconds it took (from the start of the turn's own work)."""
+    seconds it took (from the start of the turn's own work); its media's embeddings for later context
+    rebuilds (None: not kept, a trim turns them into text) and the trim that made room for it, if any."""
 
     msgs: list[Message]
     layout: Any
     logits: np.ndarray
     media_s: float
     prefill_s: float
+    media: list[StoredMedia] | None = None
+    trimmed: HistoryTrimmed | None = None
 
 
 PrefillStep = Callable[[CancelFlag, TurnHooks], "Prefilled | None"]

@@ -61,12 +61,14 @@ class ChatPool:
             if settings is not None:
                 entry.chat.speech_settings = settings  # voice and talker options may change between turns
             return Lease(entry.chat, kind, keys, len(entry.keys), entry.chat.n_tokens)
+        # "error": a cached chat must hold exactly the request's messages (its keys), so it never trims
         if settings is None:
-            chat = await self.omni.achat()
+            chat = await self.omni.achat(context_policy="error")
         else:
             self.omni.folder.require("speech_out")
             chat = await self.omni.achat(speech=True, voice=settings.voice, speech_preset=settings.preset,
-                                         speech_options=settings.options, speech_streaming=settings.streaming)
+                                         speech_options=settings.options, speech_streaming=settings.streaming,
+                                         context_policy="error")
         return Lease(chat, kind, keys, 0, 0)
 
     async def checkin(self, lease: Lease, reply: str | None, audio_id: str | None = None) -> None:

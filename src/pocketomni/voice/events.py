@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pocketomni.events import AudioChunk, Done, TextDelta
+from pocketomni.events import AudioChunk, Done, HistoryTrimmed, TextDelta
 
-__all__ = ["BargeIn", "Listening", "OutputStatus", "ReplyDone", "SessionClosed", "UserSpeaking", "UserTurn",
+__all__ = ["BargeIn", "HistoryTrimmed", "Listening", "OutputStatus", "ReplyDone", "SessionClosed", "UserSpeaking", "UserTurn",
            "VoiceError", "VoiceEvent"]
 
 
@@ -86,5 +86,6 @@ class SessionClosed:
     """The last event of a session."""
 
 
-VoiceEvent = Listening | OutputStatus | UserSpeaking | UserTurn | TextDelta | AudioChunk | ReplyDone | BargeIn | \
-    VoiceError | SessionClosed
+# HistoryTrimmed: the chat's context was trimmed after a reply (the session passes the chat's event on)
+VoiceEvent = Listening | OutputStatus | UserSpeaking | UserTurn | TextDelta | AudioChunk | HistoryTrimmed | ReplyDone | \
+    BargeIn | VoiceError | SessionClosed
