@@ -7,7 +7,11 @@
 #      files under qemu and natively on x86; the reply tokens must be identical and the speech
 #      waveform is compared (SNR), the figures going to $WORK/compare.json.
 #
-#   bash scripts/arm64_check.sh [STAGE ...]     stages: deps build rootfs wheels demo compare (default: all)
+#   3. scripts/arm64_stages.py, the image + audio turn stage by stage (pixels, log-mel, embeddings,
+#      prompt, logits teacher-forced along x86's tokens, talker codes, token2wav on x86's codes):
+#      per-stage differences and the top-2 margin where the greedy choice flips, to $WORK/stages.json.
+#
+#   bash scripts/arm64_check.sh [STAGE ...]     stages: deps build rootfs wheels demo compare stages (default: all)
 #
 # Every stage reuses what an earlier run left in $WORK (default /tmp/pocketomni-arm64). Runs as root
 # for apt-get (deps stage) only. CPU heavy: the build runs under `nice -n 10` with $JOBS jobs (default 2).
@@ -20,7 +24,7 @@ JOBS="${JOBS:-2}"
 PYTHON="${PYTHON:-$here/.venv/bin/python}"
 SUITE="${SUITE:-bookworm}"                 # Debian release of the arm64 root (its python3 must match PYTHON's minor)
 MIRROR="${MIRROR:-http://deb.debian.org/debian}"
-ARCH_FLAGS="armv8.2-a+dotprod+fp16"        # = p4a_recipes/llama_cpp_python (GGML_CPU_ARM_ARCH)
+ARCH_FLAGS="${ARM_ARCH:-armv8.2-a+dotprod+fp16}"  # = p4a_recipes/llama_cpp_python (GGML_CPU_ARM_ARCH); ARM_ARCH overrides (experiments)
 QEMU_CPU="${QEMU_CPU:-cortex-a76}"         # armv8.2-a with dotprod and fp16, no SVE: a phone-class core
 LLAMA_VERSION="$(sed -n 's/^ *"llama-cpp-python==\([0-9.]*\)".*/\1/p' "$here/pyproject.toml")"
 PYVER="$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
@@ -142,6 +146,21 @@ stage_compare() {
     --wall "$tx" "$ta" --out "$WORK/compare.json"
 }
 
+# Where the image + audio turn parts ways: every stage of it on both machines (scripts/arm64_stages.py),
+# the thinker teacher-forced along x86's tokens, cross-fed with x86's media rows, token2wav on x86's codes.
+stage_stages() {
+  local folder
+  folder="$(demo_model)"
+  log "stages: the image + audio turn stage by stage, natively on x86"
+  PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_stages.py" run "$folder" "$WORK/stages-x86.npz"
+  log "stages: the same under qemu-aarch64 (teacher-forced along x86's tokens)"
+  local t0=$SECONDS
+  arm_python "$here/scripts/arm64_stages.py" run "$folder" "$WORK/stages-arm64.npz" --reference "$WORK/stages-x86.npz"
+  log "stages: qemu run $((SECONDS - t0)) s (wall)"
+  PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_stages.py" compare "$WORK/stages-x86.npz" "$WORK/stages-arm64.npz" \
+    --out "$WORK/stages.json"
+}
+
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(deps build rootfs wheels demo compare)
+[ ${#stages[@]} -gt 0 ] || stages=(deps build rootfs wheels demo compare stages)
 for s in "${stages[@]}"; do "stage_$s"; done
