@@ -5,7 +5,8 @@
 #   1. `pocketomni demo` end to end (text, image, audio in, speech out) on the tiny demo model;
 #   2. scripts/arm64_compare.py, a greedy turn (image + audio in, text + speech out) on the same model
 #      files under qemu and natively on x86; the reply tokens must be identical and the speech
-#      waveform is compared (SNR), the figures going to $WORK/compare.json.
+#      waveform is compared (SNR), the figures going to $WORK/compare.json (a turn whose tokens first
+#      differ at a near-tie passes and is reported as such, with the margin and the logit differences);
 #
 #   3. scripts/arm64_stages.py, the image + audio turn stage by stage (pixels, log-mel, embeddings,
 #      prompt, logits teacher-forced along x86's tokens, talker codes, token2wav on x86's codes):
@@ -142,8 +143,10 @@ stage_compare() {
   t0=$SECONDS
   arm_python "$here/scripts/arm64_compare.py" run "$folder" "$WORK/arm64.npz" --forced-from "$WORK/x86.npz"
   local ta=$((SECONDS - t0))
+  # passes when every reply token is identical, or when a turn first differs at a near-tie (the margin
+  # there below the logit differences measured at the steps before it); the report says which
   PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_compare.py" compare "$WORK/x86.npz" "$WORK/arm64.npz" \
-    --wall "$tx" "$ta" --out "$WORK/compare.json"
+    --wall "$tx" "$ta" --out "$WORK/compare.json" --allow-near-ties
 }
 
 # Where the image + audio turn parts ways: every stage of it on both machines (scripts/arm64_stages.py),
