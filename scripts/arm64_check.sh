@@ -7,7 +7,6 @@
 #      files under qemu and natively on x86; the reply tokens must be identical and the speech
 #      waveform is compared (SNR), the figures going to $WORK/compare.json (a turn whose tokens first
 #      differ at a near-tie passes and is reported as such, with the margin and the logit differences);
-#
 #   3. scripts/arm64_stages.py, the image + audio turn stage by stage (pixels, log-mel, embeddings,
 #      prompt, logits teacher-forced along x86's tokens, talker codes, token2wav on x86's codes):
 #      per-stage differences and the top-2 margin where the greedy choice flips, to $WORK/stages.json.
