@@ -95,7 +95,7 @@ class Recorder:
         ThinkerSession.prefill = prefill_hook
         StreamSampler.__call__ = talker_sample_hook
 
-    def processor(self, forced: np.ndarray | None):  # noqa: ANN201
+    def processor(self, forced: np.ndarray | None) -> Any:
         """A logits processor keeping each step's logits; with `forced`, only the forced token stays."""
         steps = self.rec["step_logits"]
 
