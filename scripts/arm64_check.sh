@@ -125,10 +125,9 @@ demo_model() {
 stage_demo() {
   demo_model >/dev/null
   log "demo: pocketomni demo under qemu-aarch64 (2 threads)"
-  local t0=$SECONDS
-  arm_python -c 'import platform, sys; from pocketomni.cli.main import main; print("machine:", platform.machine()); sys.exit(main(["demo", "--out", sys.argv[1], "--threads", "2"]))' \
-    "$WORK/demo-out" 2>&1 | tee "$WORK/demo.log"
-  log "demo: finished in $((SECONDS - t0)) s (wall, under qemu)"
+  local TIMEFORMAT="[arm64_check] demo under qemu: %R s wall, %U s user + %S s sys CPU (the machine's load inflates wall)"
+  time { arm_python -c 'import platform, sys; from pocketomni.cli.main import main; print("machine:", platform.machine()); sys.exit(main(["demo", "--out", sys.argv[1], "--threads", "2"]))' \
+    "$WORK/demo-out" 2>&1 | tee "$WORK/demo.log"; }
 }
 
 stage_compare() {
@@ -140,7 +139,8 @@ stage_compare() {
   local tx=$((SECONDS - t0))
   log "compare: the same turn under qemu-aarch64"
   t0=$SECONDS
-  arm_python "$here/scripts/arm64_compare.py" run "$folder" "$WORK/arm64.npz" --forced-from "$WORK/x86.npz"
+  local TIMEFORMAT="[arm64_check] compare under qemu: %R s wall, %U s user + %S s sys CPU"
+  time arm_python "$here/scripts/arm64_compare.py" run "$folder" "$WORK/arm64.npz" --forced-from "$WORK/x86.npz"
   local ta=$((SECONDS - t0))
   # passes when every reply token is identical, or when a turn first differs at a near-tie (the margin
   # there below the logit differences measured at the steps before it); the report says which
@@ -156,9 +156,8 @@ stage_stages() {
   log "stages: the image + audio turn stage by stage, natively on x86"
   PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_stages.py" run "$folder" "$WORK/stages-x86.npz"
   log "stages: the same under qemu-aarch64 (teacher-forced along x86's tokens)"
-  local t0=$SECONDS
-  arm_python "$here/scripts/arm64_stages.py" run "$folder" "$WORK/stages-arm64.npz" --reference "$WORK/stages-x86.npz"
-  log "stages: qemu run $((SECONDS - t0)) s (wall)"
+  local TIMEFORMAT="[arm64_check] stages under qemu: %R s wall, %U s user + %S s sys CPU"
+  time arm_python "$here/scripts/arm64_stages.py" run "$folder" "$WORK/stages-arm64.npz" --reference "$WORK/stages-x86.npz"
   PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_stages.py" compare "$WORK/stages-x86.npz" "$WORK/stages-arm64.npz" \
     --out "$WORK/stages.json"
 }
