@@ -128,6 +128,10 @@ stage_demo() {
   local TIMEFORMAT="[arm64_check] demo under qemu: %R s wall, %U s user + %S s sys CPU (the machine's load inflates wall)"
   time { arm_python -c 'import platform, sys; from pocketomni.cli.main import main; print("machine:", platform.machine()); sys.exit(main(["demo", "--out", sys.argv[1], "--threads", "2"]))' \
     "$WORK/demo-out" 2>&1 | tee "$WORK/demo.log"; }
+  log "demo: the same natively on x86, then both replies compared (text, speech SNR)"
+  PYTHONPATH="$here/src" "$PYTHON" -m pocketomni.cli.main demo --out "$WORK/demo-out-x86" --threads 2 >"$WORK/demo-x86.log" 2>&1
+  PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_compare.py" demo "$WORK/demo-x86.log" "$WORK/demo.log" \
+    "$WORK/demo-out-x86" "$WORK/demo-out"
 }
 
 stage_compare() {

@@ -3,6 +3,7 @@ runs it natively on x86-64 and under qemu-aarch64 on the same files).
 
     python scripts/arm64_compare.py run FOLDER OUT.npz       # image + audio in, text + speech out
     python scripts/arm64_compare.py compare A.npz B.npz [--wall SECONDS_A SECONDS_B] [--out FILE.json]
+    python scripts/arm64_compare.py demo A.log B.log A_OUT B_OUT    # two `pocketomni demo` runs' replies
 
 The turn is `pocketomni demo`'s first one (its picture and sound) with greedy decoding for both the
 thinker (temperature 0) and the talker (SpeechOptions temperature 0), then a text-only follow-up.
@@ -190,6 +191,29 @@ def verdict(report: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def demo(logs: list[str], outs: list[str]) -> int:
+    """Two `pocketomni demo` runs (sampled with fixed seeds): is each reply's text the same, and the
+    spoken replies' SNR. Exit 1 if a reply's text differs or a run has no replies."""
+    import wave
+
+    def load_wav(path: Path) -> np.ndarray:  # the demo's 16-bit mono files (so SNR tops out near 90 dB)
+        with wave.open(str(path), "rb") as w:
+            return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float64) / 32767.0
+
+    replies = [[ln for ln in Path(p).read_text(encoding="utf-8").splitlines() if ln.startswith("assistant: ")]
+               for p in logs]
+    ok = bool(replies[0]) and len(replies[0]) == len(replies[1])
+    for i, (ra, rb) in enumerate(zip(*replies, strict=False), 1):
+        same = ra == rb
+        ok &= same
+        line = f"demo turn {i}: reply text {'identical' if same else 'DIFFERS'}"
+        wavs = [Path(o) / f"demo-reply-{i}.wav" for o in outs]
+        if all(w.is_file() for w in wavs):
+            line += f"; speech SNR {snr_db(load_wav(wavs[0]), load_wav(wavs[1])):.1f} dB"
+        print(line + (f"\n  a: {ra}\n  b: {rb}" if not same else ""))
+    return 0 if ok else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -205,7 +229,12 @@ def main() -> int:
     c.add_argument("--out", default=None)
     c.add_argument("--allow-near-ties", action="store_true",
                    help="pass when a turn's tokens first differ at a near-tie (see the module doc)")
+    d = sub.add_parser("demo")
+    d.add_argument("logs", nargs=2)
+    d.add_argument("outs", nargs=2)
     args = ap.parse_args()
+    if args.cmd == "demo":
+        return demo(args.logs, args.outs)
     if args.cmd == "run":
         run(args.folder, args.out, args.threads, args.forced_from)
         return 0
