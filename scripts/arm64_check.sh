@@ -5,9 +5,13 @@
 #   1. `pocketomni demo` end to end (text, image, audio in, speech out) on the tiny demo model;
 #   2. scripts/arm64_compare.py, a greedy turn (image + audio in, text + speech out) on the same model
 #      files under qemu and natively on x86; the reply tokens must be identical and the speech
-#      waveform is compared (SNR), the figures going to $WORK/compare.json.
+#      waveform is compared (SNR), the figures going to $WORK/compare.json (a turn whose tokens first
+#      differ at a near-tie passes and is reported as such, with the margin and the logit differences);
+#   3. scripts/arm64_stages.py, the image + audio turn stage by stage (pixels, log-mel, embeddings,
+#      prompt, logits teacher-forced along x86's tokens, talker codes, token2wav on x86's codes):
+#      per-stage differences and the top-2 margin where the greedy choice flips, to $WORK/stages.json.
 #
-#   bash scripts/arm64_check.sh [STAGE ...]     stages: deps build rootfs wheels demo compare (default: all)
+#   bash scripts/arm64_check.sh [STAGE ...]     stages: deps build rootfs wheels demo compare stages (default: all)
 #
 # Every stage reuses what an earlier run left in $WORK (default /tmp/pocketomni-arm64). Runs as root
 # for apt-get (deps stage) only. CPU heavy: the build runs under `nice -n 10` with $JOBS jobs (default 2).
@@ -20,7 +24,7 @@ JOBS="${JOBS:-2}"
 PYTHON="${PYTHON:-$here/.venv/bin/python}"
 SUITE="${SUITE:-bookworm}"                 # Debian release of the arm64 root (its python3 must match PYTHON's minor)
 MIRROR="${MIRROR:-http://deb.debian.org/debian}"
-ARCH_FLAGS="armv8.2-a+dotprod+fp16"        # = p4a_recipes/llama_cpp_python (GGML_CPU_ARM_ARCH)
+ARCH_FLAGS="${ARM_ARCH:-armv8.2-a+dotprod+fp16}"  # = p4a_recipes/llama_cpp_python (GGML_CPU_ARM_ARCH); ARM_ARCH overrides (experiments)
 QEMU_CPU="${QEMU_CPU:-cortex-a76}"         # armv8.2-a with dotprod and fp16, no SVE: a phone-class core
 LLAMA_VERSION="$(sed -n 's/^ *"llama-cpp-python==\([0-9.]*\)".*/\1/p' "$here/pyproject.toml")"
 PYVER="$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
@@ -121,10 +125,13 @@ demo_model() {
 stage_demo() {
   demo_model >/dev/null
   log "demo: pocketomni demo under qemu-aarch64 (2 threads)"
-  local t0=$SECONDS
-  arm_python -c 'import platform, sys; from pocketomni.cli.main import main; print("machine:", platform.machine()); sys.exit(main(["demo", "--out", sys.argv[1], "--threads", "2"]))' \
-    "$WORK/demo-out" 2>&1 | tee "$WORK/demo.log"
-  log "demo: finished in $((SECONDS - t0)) s (wall, under qemu)"
+  local TIMEFORMAT="[arm64_check] demo under qemu: %R s wall, %U s user + %S s sys CPU (the machine's load inflates wall)"
+  time { arm_python -c 'import platform, sys; from pocketomni.cli.main import main; print("machine:", platform.machine()); sys.exit(main(["demo", "--out", sys.argv[1], "--threads", "2"]))' \
+    "$WORK/demo-out" 2>&1 | tee "$WORK/demo.log"; }
+  log "demo: the same natively on x86, then both replies compared (text, speech SNR)"
+  PYTHONPATH="$here/src" "$PYTHON" -m pocketomni.cli.main demo --out "$WORK/demo-out-x86" --threads 2 >"$WORK/demo-x86.log" 2>&1
+  PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_compare.py" demo "$WORK/demo-x86.log" "$WORK/demo.log" \
+    "$WORK/demo-out-x86" "$WORK/demo-out"
 }
 
 stage_compare() {
@@ -136,12 +143,29 @@ stage_compare() {
   local tx=$((SECONDS - t0))
   log "compare: the same turn under qemu-aarch64"
   t0=$SECONDS
-  arm_python "$here/scripts/arm64_compare.py" run "$folder" "$WORK/arm64.npz" --forced-from "$WORK/x86.npz"
+  local TIMEFORMAT="[arm64_check] compare under qemu: %R s wall, %U s user + %S s sys CPU"
+  time arm_python "$here/scripts/arm64_compare.py" run "$folder" "$WORK/arm64.npz" --forced-from "$WORK/x86.npz"
   local ta=$((SECONDS - t0))
+  # passes when every reply token is identical, or when a turn first differs at a near-tie (the margin
+  # there below the logit differences measured at the steps before it); the report says which
   PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_compare.py" compare "$WORK/x86.npz" "$WORK/arm64.npz" \
-    --wall "$tx" "$ta" --out "$WORK/compare.json"
+    --wall "$tx" "$ta" --out "$WORK/compare.json" --allow-near-ties
+}
+
+# Where the image + audio turn parts ways: every stage of it on both machines (scripts/arm64_stages.py),
+# the thinker teacher-forced along x86's tokens, cross-fed with x86's media rows, token2wav on x86's codes.
+stage_stages() {
+  local folder
+  folder="$(demo_model)"
+  log "stages: the image + audio turn stage by stage, natively on x86"
+  PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_stages.py" run "$folder" "$WORK/stages-x86.npz"
+  log "stages: the same under qemu-aarch64 (teacher-forced along x86's tokens)"
+  local TIMEFORMAT="[arm64_check] stages under qemu: %R s wall, %U s user + %S s sys CPU"
+  time arm_python "$here/scripts/arm64_stages.py" run "$folder" "$WORK/stages-arm64.npz" --reference "$WORK/stages-x86.npz"
+  PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_stages.py" compare "$WORK/stages-x86.npz" "$WORK/stages-arm64.npz" \
+    --out "$WORK/stages.json"
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(deps build rootfs wheels demo compare)
+[ ${#stages[@]} -gt 0 ] || stages=(deps build rootfs wheels demo compare stages)
 for s in "${stages[@]}"; do "stage_$s"; done
