@@ -33,6 +33,7 @@ from pocketomni.convert.checkpoint import Checkpoint, check_shapes
 from pocketomni.convert.mmproj import mmproj_expected, mmproj_plan
 from pocketomni.convert.pipeline import (
     DEFAULT_MMPROJ_QUANT,
+    DEFAULT_QUANT,
     MMPROJ_QUANTS,
     QUANT_PRESETS,
     THINKER_QUANTS,
@@ -264,7 +265,7 @@ class _Job:
 def synth_model(
     preset: str,
     out_dir: str | Path,
-    quant: str = "q4_k_m",
+    quant: str = DEFAULT_QUANT,
     mmproj_quant: str = DEFAULT_MMPROJ_QUANT,
     seed: int = 0,
     progress: bool = True,
@@ -275,8 +276,8 @@ def synth_model(
 ) -> ConversionResult:
     """Write a synthetic model folder for `preset` ("tiny", "3b", "7b"), like `convert_checkpoint` would.
 
-    Files: thinker-<quant>.gguf, mmproj-<mmproj_quant>.gguf, talker-<talker_quant>.gguf (default:
-    `default_talker_quant`: q4_0 at 3B for a quantized thinker, else quant),
+    Files: thinker-<type>.gguf, mmproj-<mmproj_quant>.gguf, talker-<type>.gguf (`quant` a type or a
+    QUANT_PRESETS name, by default the converter's; talker for a type: `default_talker_quant`),
     token2wav-<token2wav_type>.gguf and pocketomni.json (its source records the preset and seed). Same seed, same files.
     """
     t0 = time.perf_counter()
@@ -352,7 +353,9 @@ def add_synth_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("preset", choices=PRESETS, help="model size")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into (created if needed)")
-    p.add_argument("--quant", default="q4_k_m", help=f"thinker type: {', '.join(THINKER_QUANTS)} (default q4_k_m)")
+    p.add_argument("--quant", default=DEFAULT_QUANT,
+                   help=f"thinker type: {', '.join(THINKER_QUANTS)} or a preset: {', '.join(QUANT_PRESETS)} "
+                        f"(default {DEFAULT_QUANT}, the converter's own default)")
     p.add_argument("--mmproj-quant", default=DEFAULT_MMPROJ_QUANT,
                    help=f"vision/audio projector type: {', '.join(MMPROJ_QUANTS)} (default {DEFAULT_MMPROJ_QUANT})")
     p.add_argument("--talker-quant", default=None,
