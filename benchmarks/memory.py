@@ -333,7 +333,8 @@ def omni_n_ctx(n_ctx: int | None) -> int:
 STEPS = [("before", "before (main: f16 token2wav, corrected 3B talker)"),
          ("caches", "+ talker KV grows with the reply, thinker micro-batch 128"),
          ("kv", "+ thinker KV grows with the chat"),
-         ("mmap", "+ weights mapped, repacked pages dropped")]
+         ("mmap", "+ weights mapped, repacked pages dropped"),
+         ("fast", "+ the converter's default formats (q4_0 thinker and talker)")]
 
 
 def write_report() -> None:
