@@ -370,11 +370,16 @@ def test_options_threads_and_defaults(omni, monkeypatch):
     assert po.SpeechOptions.from_dict({"threads": [1, 1, 2]}).threads == (1, 1, 2)  # a saved chat's list
     assert split_threads(2) == StageThreads(1, 1, 1) and split_threads(8) == StageThreads(2, 2, 4)
     assert split_threads(1) == StageThreads(1, 1, 1)
-    monkeypatch.setattr(speech_pipeline, "usable_cpus", lambda: speech_pipeline.PIPELINE_MIN_CPUS)
-    assert speech_pipeline.use_pipeline(po.SpeechOptions())
-    monkeypatch.setattr(speech_pipeline, "usable_cpus", lambda: speech_pipeline.PIPELINE_MIN_CPUS - 1)
-    assert not speech_pipeline.use_pipeline(po.SpeechOptions())
-    assert speech_pipeline.use_pipeline(po.SpeechOptions(pipelined=True))
+    # None: pipelined from 3 cores; on 2 only while OpenBLAS keeps its long idle spin (blas_spin)
+    from pocketomni import blas_spin
+
+    for cpus, spin, want in [(3, blas_spin.SPIN_EXPONENT, True), (2, blas_spin.SPIN_EXPONENT, False),
+                             (2, blas_spin.DEFAULT_EXPONENT, True), (1, blas_spin.DEFAULT_EXPONENT, False)]:
+        monkeypatch.setattr(speech_pipeline, "usable_cpus", lambda cpus=cpus: cpus)
+        monkeypatch.setattr(blas_spin, "exponent", lambda spin=spin: spin)
+        assert speech_pipeline.use_pipeline(po.SpeechOptions()) is want, (cpus, spin)
+        assert speech_pipeline.use_pipeline(po.SpeechOptions(pipelined=True))
+        assert not speech_pipeline.use_pipeline(po.SpeechOptions(pipelined=False))
 
     # a pipelined reply runs with its split and gives the counts back afterwards
     old_blas = blas_threads()

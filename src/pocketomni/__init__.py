@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+# First, before anything loads numpy: OpenBLAS reads its idle spin once, at load (blas_spin module doc).
+from pocketomni import blas_spin as _blas_spin  # noqa: F401  isort: skip
 from pocketomni.audio.vad import VadConfig
 from pocketomni.audio.wav import save_wav
 from pocketomni.errors import (

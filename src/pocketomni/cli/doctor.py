@@ -121,6 +121,7 @@ def guard_section() -> dict[str, Any]:
 def numpy_section() -> dict[str, Any]:
     import numpy as np
 
+    from pocketomni import blas_spin
     from pocketomni.numpy_blas import numpy_blas
 
     blas = numpy_blas().describe()
@@ -131,7 +132,8 @@ def numpy_section() -> dict[str, Any]:
     simd = (cfg.get("SIMD Extensions") or {}).get("found") if isinstance(cfg, dict) else None
     env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     out: dict[str, Any] = {"version": np.__version__, "blas": blas, "simd": simd,
-                           "usable_cpus": _usable_cpus(), "thread_env": env, "blas_threads": None}
+                           "usable_cpus": _usable_cpus(), "thread_env": env, "blas_threads": None,
+                           "idle_spin": blas_spin.state()}
     try:  # optional: threadpoolctl reads the BLAS library's own thread count
         from threadpoolctl import threadpool_info  # type: ignore[import-not-found]
 
@@ -490,6 +492,7 @@ def _text(report: Report) -> list[str]:
         f"  blas: {npy['blas']}",
         f"  simd: {', '.join(npy['simd']) if npy['simd'] else 'unknown'}",
         f"  threads: {npy['usable_cpus']} usable CPUs; BLAS threads {npy['blas_threads'] or 'unknown (threadpoolctl reads them)'}; {env}",
+        f"  idle spin: {npy['idle_spin']}",
         "audio",
         f"  input: {'; '.join(au['input']) or 'none'}",
         f"  output: {'; '.join(au['output']) or 'none'}",

@@ -18,17 +18,16 @@ E + H row and returns whatever audio is ready without waiting, so the text is ne
   vocoder node) and joins its thread. A stage's exception is re-raised, as is, by the turn thread's
   next `add_token()` / `finish()`.
 
-When to pipeline (`SpeechOptions.pipelined=None`): from 2 usable cores. Measured on a shared 2-core
-AMD EPYC, load average 4-6 from other work (benchmarks/results/spoken_turn.md, engines alternated):
-- against the one-after-another engine as it runs by default (every stage on both cores) the pipeline
-  (1/1/1 threads) wins by far: synthetic 3B sustained RTF 0.59x, first audio 0.72x, end of text 0.62x;
-  tiny RTF 0.05x. Two-thread llama.cpp and OpenBLAS teams stall whenever another process holds one of
-  the two cores (3B thinker alone: 2.6 tok/s on 2 threads against 9.7 on 1 in that run);
-- against one-after-another on the same 1/1/1 threads it ties within the noise (3B RTF 9.6 vs 9.8,
-  first audio 28.0 vs 25.2 s, end of text 24.9 vs 26.0 s): with both cores busy there is nothing
-  to overlap into. On an idle machine the pipeline also has the second core; one-after-another does not.
-So the pipeline, far ahead of the default one-after-another and level with its best thread setting here,
-is the default; with one core there is nothing to overlap.
+When to pipeline (`SpeechOptions.pipelined=None`): from 3 usable cores. On 2 cores one after another
+(every stage on both cores) is faster, measured on an idle 2-core AMD EPYC with OpenBLAS's idle spin
+shortened (pocketomni.blas_spin; benchmarks/results/spoken_turn.md, engines alternated): synthetic 3B,
+60 tokens / 200 codes: first audio 4.57 vs 6.64 s pipelined (the bound from the stages alone: 3.72 s),
+end of text 7.64 vs 7.36 s, whole turn 21.6 vs 26.6 s; tiny: first audio 0.24 vs 0.30 s. One thread per
+stage costs the thinker and token2wav more than overlapping them gains. (Before the spin was shortened,
+OpenBLAS's workers busy-waited through llama.cpp's decodes and the pipeline won by far: the earlier
+sections of spoken_turn.md, taken on a machine loaded by other work, where two-thread teams also stall.)
+With 3 or more cores the stages get their own cores (cpu_split) and the pipeline overlaps them. When
+OpenBLAS kept its long spin (numpy imported before pocketomni), 2 cores pipeline too.
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pocketomni import blas_spin
 from pocketomni.engine.cpu_split import CoreShare, StageThreads, split_threads, usable_cpus
 from pocketomni.engine.speech_render import FEED_CODES, RenderCounters, ReplyRenderer, eh_rows, reply_options
 
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_AHEAD_CHUNKS", "MAX_AHEAD_CODES", "PIPELINE_MIN_CPUS", "PipelinedReply", "stage_threads",
            "use_pipeline"]
 
-PIPELINE_MIN_CPUS = 2  # pipelined=None runs the pipeline from this many usable cores (module doc)
+PIPELINE_MIN_CPUS = 3  # pipelined=None runs the pipeline from this many usable cores (module doc)
 MAX_AHEAD_CODES = 72  # two 36-code render steps: the talker makes the next step's codes while one renders
 MAX_AHEAD_CHUNKS = 4  # rendered chunks waiting for the turn thread
 POLL_SECONDS = 0.05  # a waiting stage re-checks the cancel flag this often (close() wakes it at once)
@@ -61,7 +61,10 @@ _END = object()
 
 def use_pipeline(options: SpeechOptions) -> bool:
     """Whether a reply with these options runs pipelined (None: from the usable cores)."""
-    return options.pipelined if options.pipelined is not None else usable_cpus() >= PIPELINE_MIN_CPUS
+    if options.pipelined is not None:
+        return options.pipelined
+    cpus = usable_cpus()
+    return cpus >= PIPELINE_MIN_CPUS or (cpus >= 2 and blas_spin.exponent() > blas_spin.SPIN_EXPONENT)
 
 
 def stage_threads(options: SpeechOptions) -> StageThreads:
