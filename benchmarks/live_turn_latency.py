@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pocketomni  # noqa: F401  before numpy: its OpenBLAS idle spin (pocketomni.blas_spin), as in an app
+import numpy as np  # noqa: I001
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
