@@ -35,8 +35,9 @@ FIGURES = [("first_text_s", "text prompt -> first text (s)"), ("first_audio_s", 
 def child(folder: str, turns: int, pipelined_turns: int, tokens: int, codes: int) -> None:
     """One process: spoken turns, one JSON line per counted turn."""
     sys.path.insert(0, str(HERE))
-    import pocketomni as po
     from spoken_turn import PROMPT
+
+    import pocketomni as po
 
     with po.Omni.load_sync(folder) as omni:
         plan = [False] * turns + [True] * pipelined_turns

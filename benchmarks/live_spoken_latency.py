@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -27,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import pocketomni as po  # before numpy: its OpenBLAS idle spin (pocketomni.blas_spin), as in an app
-import numpy as np  # noqa: I001
+
+# isort: split
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
-from live_turn_latency import QUESTION, R, question, speak  # noqa: E402
+from live_turn_latency import QUESTION, R, question, speak
 
 MODES = ("typed", "whole", "live")
 
@@ -55,7 +58,7 @@ def turn(omni: Any, clip: np.ndarray, mode: str) -> dict[str, float]:
         events = live.finish_sync()
     first_text = first_audio = float("nan")
     for ev in events:
-        if isinstance(ev, po.TextDelta) and first_text != first_text:
+        if isinstance(ev, po.TextDelta) and math.isnan(first_text):
             first_text = time.perf_counter() - t0
         if isinstance(ev, po.AudioChunk):
             first_audio = time.perf_counter() - t0
@@ -79,7 +82,7 @@ def run(folder: Path, label: str, repeats: int, seconds: float) -> dict[str, Any
     med = {m: {k: statistics.median(x[k] for x in v) for k in v[0]} for m, v in runs.items()}
     return {"label": label, "folder": str(folder), "clip_seconds": clip.size / R, "load": load,
             "when": time.strftime("%Y-%m-%d %H:%M"),
-            "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].split(":", 1)[1].strip(),
+            "cpu": Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].split(":", 1)[1].strip(),
             "runs": runs, "median": med}
 
 

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pocketomni  # noqa: F401  before numpy: its OpenBLAS idle spin (pocketomni.blas_spin), as in an app
-import numpy as np  # noqa: I001
+
+# isort: split
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(name, runs[name][-1], flush=True)
     med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in runs.items()}
     res = {"label": args.label, "folder": str(folder), "clip_seconds": clip.size / R, "load": [load0, os.getloadavg()[0]],
-           "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "),
+           "cpu": Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": "),
            "runs": runs, "median": med}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"live_turn_latency-{args.label}.json").write_text(json.dumps(res, indent=1))

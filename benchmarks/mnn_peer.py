@@ -31,15 +31,15 @@ THREADS = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--
 for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, THREADS)
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 RESULTS = HERE / "results"
 
-import mnn_peer_models as models  # noqa: E402
-import mnn_peer_run as peer  # noqa: E402
-from suite_common import machine_info, med  # noqa: E402
+import mnn_peer_models as models
+import mnn_peer_run as peer
+from suite_common import machine_info, med
 
 DEFAULT_LAYERS = {"thinker-3b": 4, "thinker-7b": 2, "talker-3b": 8}
 REAL_LAYERS = {"thinker-3b": 36, "thinker-7b": 28, "talker-3b": 24}

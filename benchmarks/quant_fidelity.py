@@ -34,14 +34,14 @@ from typing import Any
 for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 RESULTS = HERE / "results"
 
-import mnn_peer_models as models  # noqa: E402
-from mnn_peer import DEFAULT_LAYERS, matmul_bits  # noqa: E402
+import mnn_peer_models as models
+from mnn_peer import DEFAULT_LAYERS, matmul_bits
 
 FORMATS = ["q4_0_pure", "q4_0", "q4_k_m", "q5_k_m", "q8_0"]
 LAYERS = {**DEFAULT_LAYERS, "thinker-tiny": 2, "talker-tiny": 2}

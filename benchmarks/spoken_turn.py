@@ -43,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import pocketomni  # noqa: F401  before numpy: its OpenBLAS idle spin (pocketomni.blas_spin), as in an app
-import numpy as np  # noqa: I001
+
+# isort: split
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

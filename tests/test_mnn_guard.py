@@ -18,7 +18,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-import mnn_peer_run as peer  # noqa: E402
+import mnn_peer_run as peer
 
 
 def _interpreters() -> list[Path]:

@@ -47,8 +47,8 @@ def bench(mnn_dir: str, threads: str, prompt: str, n: str, logits_out: str = "")
     and N-1 greedy decode steps (logits read, argmax in numpy), like mnn_peer.py's llama.cpp loop."""
     import os
 
-    import MNN.llm as llm
     import numpy as np
+    from MNN import llm
 
     m = llm.create(os.path.join(mnn_dir, "config.json"))
     m.set_config({"thread_num": int(threads), "sampler_type": "greedy", "tokenizer_file": "tokenizer.txt"})
@@ -92,7 +92,6 @@ def netprobe(host: str, port: str) -> dict:
 def telemetry() -> dict:
     """Import MNN's usage logger (it tries to fetch upload credentials at import) and report what it got."""
     import aliyun.log
-
     from MNN.tools.utils.log import mnn_logger
 
     return {"aliyun_stub": "Offline stand-in" in (aliyun.__doc__ or ""),
