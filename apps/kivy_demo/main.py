@@ -21,6 +21,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import pocketomni  # noqa: F401  before anything loads numpy: OpenBLAS's idle spin (pocketomni.blas_spin)
+
+# isort: split
 from kivy.config import Config
 
 logging.getLogger("pocketomni").setLevel(logging.WARNING)  # Kivy's logger would print llama.cpp's debug lines
