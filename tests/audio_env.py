@@ -238,7 +238,12 @@ def align(sent: np.ndarray, recorded: np.ndarray) -> tuple[float, float]:
     r = np.asarray(recorded, dtype=np.float64)
     if len(r) < len(s):
         raise AssertionError(f"recording ({len(r)} samples) is shorter than the signal sent ({len(s)})")
-    c = _xcorr(s, r)
+    # The lag is where the *normalized* correlation peaks: the raw one favours loud passages, and a short
+    # snippet of the tiny model's repetitive speech half-matches louder ones later in the recording.
+    raw = _xcorr(s, r)
+    e = np.concatenate([[0.0], np.cumsum(r * r)])
+    energy = e[len(s) :] - e[: len(r) - len(s) + 1]  # |r[k : k + len(s)]|^2 per lag k
+    c = np.where(energy > 1e-9 * energy.max(), raw / np.sqrt(np.maximum(energy, 1e-30)), 0.0)
     k = int(np.argmax(c))
     frac = 0.0
     if 0 < k < len(c) - 1:  # parabolic peak refinement
