@@ -267,6 +267,7 @@ def test_invalid_inputs_raise_value_error(model: LlamaModel) -> None:
             lambda: c.decode_embeddings(e, positions=np.ones((3, 3), int)),
             lambda: c.decode_tokens([1, 2], positions=np.array([[5, 6], [5, 6], [7, 8], [0, 0]])),
             lambda: c.decode_tokens([1, 2], positions=[2, 3]),  # M-RoPE text must move past the cache
+            lambda: c.decode_tokens([1, 2], positions=[5, 5]),  # a shared pair would see each other
             lambda: c.decode_tokens([1, 2], logits=[2]),
             lambda: c.decode(tokens=[1], embeddings=e),
             lambda: c.remove(0, 5, 2),

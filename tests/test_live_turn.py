@@ -8,10 +8,14 @@ float32 sums: a dot product of K terms computed in another order differs by at m
 the longest reduction is the larger of the FFN width and the prompt length. Relative to max|logit|
 (the size of sum|terms| at the output) that gives (layers + 2) * K * u.
 `streaming` mode works end to end and differs only where the clamp's running maximum was lower.
+A camera turn (begin_turn(video=True)) fed frames at 2 fps while the audio comes in must give what
+`chat.send(video=(frames, 2, clip, 16000))` gives: each frame pair is encoded alone in both (bit-equal
+rows), so the same bound holds.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -23,6 +27,7 @@ from omni_fixtures.config import VARIANT_SPECS
 import pocketomni as po
 from pocketomni.audio.features import log_mel
 from pocketomni.audio.live_mel import LiveLogMel
+from pocketomni.engine.positions import KIND_VIDEO
 
 R = 16000
 U = 2.0**-24
@@ -171,6 +176,94 @@ def test_abort_and_a_busy_chat(omni) -> None:
     done = list(live.finish_sync())[-1]
     assert done.usage.media_tokens == ref_done.usage.media_tokens
     assert [m.role for m in other.messages] == ["user", "assistant", "user", "assistant"]
+
+
+def scene(n: int, h: int = 308, w: int = 392) -> np.ndarray:
+    """n frames (already at a video frame size: multiples of 28) of a square crossing a gradient."""
+    base = np.broadcast_to(np.linspace(40, 200, w, dtype=np.float32)[None, :, None], (h, w, 3)).astype(np.uint8)
+    out = np.repeat(base[None], n, axis=0)
+    for i in range(n):
+        x = (i * 23) % (w - 60)
+        out[i, 100:160, x : x + 60] = (220, 30, 30)
+    return out
+
+
+def _feed_live(turn: po.LiveTurn, clip: np.ndarray, frames: np.ndarray, block: int = 320) -> None:
+    """Audio and frames in the order a camera gives them: frame k once k / 2 s of audio are in."""
+    k = 0
+    for i in range(0, clip.size, block):
+        turn.feed_audio(clip[i : i + block])
+        while k < frames.shape[0] and k * R // 2 <= i + block:
+            turn.feed_video(frames[k])
+            k += 1
+    if k < frames.shape[0]:
+        turn.feed_video(frames[k:])
+
+
+@pytest.mark.parametrize("shape", ["loud_then_quiet", "quiet_then_loud"])
+def test_exact_live_camera_turn_equals_sending_the_video(omni, shape: str) -> None:
+    clip = quiet_then_loud() if shape == "quiet_then_loud" else loud_then_quiet()
+    frames = scene(max(2, 2 * math.floor(clip.size / R)))  # a camera's 2 fps over the clip (voice.camera)
+    ref = omni.chat(max_tokens=6)
+    box_ref, obs_ref = _observer()
+    ref_done = list(ref.send_sync("Answer briefly.", video=(frames, 2.0, clip, R), logits_processors=[obs_ref]))[-1]
+    chat = omni.chat(max_tokens=6)
+    box, obs = _observer()
+    turn = chat.begin_turn("exact", video=True, logits_processors=[obs])
+    _feed_live(turn, clip, frames)
+    n_full = min((clip.size - 200) // 160 // 200, frames.shape[0] // 4)  # chunks complete before the end
+    _wait_prefilled(turn, n_full)
+    assert n_full >= 2
+    streamed = chat._session.history.n
+    t_end = time.monotonic()
+    done = list(turn.finish_sync("Answer briefly."))[-1]
+    redone = [t.index for t in turn.timings if t.reencoded]
+    if shape == "quiet_then_loud":  # the late maximum changed streamed audio: the turn was prefilled again
+        assert redone and all(t.prefilled_at >= t_end for t in turn.timings)
+    else:  # the streamed chunks stayed in the cache
+        assert not redone and all(t.prefilled_at < t_end for t in turn.timings[:n_full])
+    n = ref_done.usage.prompt_tokens
+    assert done.usage == ref_done.usage and streamed < n
+    assert chat.tokens[:n] == ref.tokens[:n]
+    np.testing.assert_array_equal(chat._session.history.positions[:, :n], ref._session.history.positions[:, :n])
+    kinds = chat._session.history.kinds[:n]
+    assert np.count_nonzero(kinds == KIND_VIDEO) == frames.shape[0] // 2 * (308 // 28) * (392 // 28)
+    gap = np.abs(box[0] - box_ref[0]).max() / np.abs(box_ref[0]).max()
+    assert gap <= min(logit_tolerance(n), 1e-3), gap
+    assert done.tokens == ref_done.tokens
+    assert [m.to_dict() for m in chat.messages] == [m.to_dict() for m in ref.messages]
+    print(f"\n[live camera exact {shape}] {frames.shape[0]} frames, {n_full} chunks streamed, windows redone "
+          f"{redone}; logits relative gap {gap:.2e} (bound {min(logit_tolerance(n), 1e-3):.1e})")
+
+
+def test_live_camera_turn_inputs(omni) -> None:
+    chat = omni.chat(max_tokens=4)
+    audio_only = chat.begin_turn()
+    with pytest.raises(po.OptionsError, match="video=True"):
+        audio_only.feed_video(scene(1)[0])
+    audio_only.abort()
+    turn = chat.begin_turn(video=True)
+    with pytest.raises(po.OptionsError, match="2 fps"):
+        turn.feed_video(scene(1)[0], fps=30)
+    turn.feed_video(scene(2))
+    with pytest.raises(po.MediaError, match="one size"):
+        turn.feed_video(scene(1, 336, 448))
+    with pytest.raises(po.MediaError):
+        turn.feed_video(np.zeros((4, 4), np.float64))
+    turn.abort()
+    # the camera gave nothing in the end (frames=()): the turn goes as audio, equal to sending the clip
+    clip = loud_then_quiet()
+    ref_chat, ref_logits, ref_done = _one_piece(omni, clip)
+    chat = omni.chat(max_tokens=6)
+    box, obs = _observer()
+    turn = chat.begin_turn("exact", video=True, logits_processors=[obs])
+    _feed_live(turn, clip, scene(2 * math.floor(clip.size / R)))
+    _wait_prefilled(turn, 2)
+    done = list(turn.finish_sync(frames=()))[-1]
+    n = ref_done.usage.prompt_tokens
+    assert done.usage == ref_done.usage and chat.tokens[:n] == ref_chat.tokens[:n]
+    assert [m.to_dict() for m in chat.messages] == [m.to_dict() for m in ref_chat.messages]
+    assert np.abs(box[0] - ref_logits).max() / np.abs(ref_logits).max() <= logit_tolerance(n)
 
 
 def test_live_log_mel_exact_repair_is_the_whole_clip_log_mel() -> None:

@@ -109,6 +109,9 @@ def check_positions(positions: Any, n: int, n_pos: int, next_pos: int, tokens: b
         raise ValueError(f"positions must lie in [0, {MAX_POS})")
     if n > 1 and np.any(np.diff(pos[0]) < 0):
         raise ValueError("the t positions of one decode call must be non-decreasing")
+    if tokens and n > 1 and np.any(np.diff(pos[0]) == 0):  # llama.cpp's token path mis-attends such a pair
+        raise ValueError("text tokens of one decode call need distinct positions; decode tokens that share a "
+                         "position (a video's <|vision_bos|><|audio_bos|>) as embedding rows")
     if tokens and n_pos == 4 and not (np.array_equal(pos[0], pos[1]) and np.array_equal(pos[0], pos[2])):
         raise ValueError("text tokens carry one position (t=h=w); decode them as embeddings for distinct h/w")
     return pos.astype(np.int32)

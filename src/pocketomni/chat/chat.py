@@ -145,18 +145,21 @@ class Chat(Closable):
     def begin_turn(self, clamp: ClampMode = DEFAULT_CLAMP, *, options: Any = None,
                    on_progress: Callable[[Progress], None] | None = None,
                    logits_processors: Sequence[LogitsProcessor] | None = None,
-                   speech: SpeechSettings | Mapping[str, Any] | None = None, **overrides: Any) -> LiveTurn:
+                   speech: SpeechSettings | Mapping[str, Any] | None = None, video: bool = False,
+                   **overrides: Any) -> LiveTurn:
         """Open a user turn that is still being spoken: `feed_audio()` while the user talks (each 2 s
         window is encoded and prefilled at once), then `finish(text=None)` streams the reply like
         `send`. clamp: "streaming" or "exact", how the log-mel clamp treats audio not heard yet
-        (pocketomni.chat.live_turn explains both). Other arguments as for `send`."""
+        (pocketomni.chat.live_turn explains both). video=True: a camera turn, `feed_video()` frames at
+        2 fps too; it goes as `send(video=(frames, 2, clip, 16000))`, prefilled chunk by chunk.
+        Other arguments as for `send`."""
         from pocketomni.chat.live_turn import LiveTurn
 
         _check_argument_names(overrides)
         opts = resolve_options(self.options, options, overrides)
         params = sampling_params(opts)
         hooks = TurnHooks(on_progress, check_logits_processors(logits_processors), self._turn_speech(speech))
-        turn = LiveTurn(self, clamp, opts, params, hooks)
+        turn = LiveTurn(self, clamp, opts, params, hooks, video)
         self._live = [t for t in self._live if not t.done] + [turn]
         return turn
 

@@ -226,8 +226,17 @@ class MediaEncoders:
         return out
 
     def _encode_video(self, vid: PreparedVideo) -> np.ndarray:
-        emb = self._mtmd().encode_video_frames(vid.frames)
-        self._check_grid(emb.grid, vid.grid_thw, f"{vid.frames.shape[2]}x{vid.frames.shape[1]} video frames")
+        return self.encode_frames(vid.frames)
+
+    def encode_frames(self, frames: np.ndarray) -> np.ndarray:
+        """Rows of video frames (T, H, W, 3) uint8, T even, already at a video frame size (prepare_video's).
+        The vision tower encodes each frame pair on its own, so a video's pairs may be encoded as they
+        come (live turns) and give the rows of the whole video."""
+        self.folder.require("vision")
+        emb = self._mtmd().encode_video_frames(frames)
+        p = self.image_config.patch_size
+        grid = (frames.shape[0] // 2, frames.shape[1] // p, frames.shape[2] // p)
+        self._check_grid(emb.grid, grid, f"{frames.shape[2]}x{frames.shape[1]} video frames")
         return emb.embd
 
     def _encode_image(self, img: PreparedImage) -> np.ndarray:

@@ -66,18 +66,21 @@ def decode_in_order(
     should_stop: Callable[[], bool] | None = None,
     on_run: Callable[[int, int, int], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    floor: int | None = None,
 ) -> DecodeResult:
     """Decode embedding rows with (3, N) positions so that every row attends to exactly the rows
     before it in sequence order. Returns the last row's logits and, with hidden=True, every row's
     final hidden state. on_run(start, stop, n_relabelled) is called after each run (tests, stats);
-    progress(rows_done, rows_total) after each micro-batch."""
+    progress(rows_done, rows_total) after each micro-batch. floor: the lowest t a relabel may set
+    (default the first position of `positions`); a turn decoded in several calls passes its start, so
+    a later call may relabel cells of the same turn decoded by an earlier one."""
     pos = np.asarray(positions, dtype=np.int64)
     n = pos.shape[1]
     if embeddings.shape[0] != n:
         raise InternalError(f"{embeddings.shape[0]} embedding rows for {n} positions")
     rows4 = np.zeros((4, n), np.int64)
     rows4[:3] = pos
-    floor = int(pos[0].min())  # never relabel cells of earlier turns
+    floor = int(pos[0].min()) if floor is None else int(floor)  # never relabel cells of earlier turns
     stored = pos.copy()  # what llama.cpp holds for the rows decoded so far in this call
     hid = np.empty((n if hidden else 0, ctx.model.n_embd), np.float32)
     last = None

@@ -262,22 +262,24 @@ class ThinkerSession:
 
     def prefill(self, layout: PromptLayout, media: dict[int, np.ndarray],
                 should_stop: Callable[[], bool] | None = None,
-                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                progress: Callable[[int, int], None] | None = None, floor: int | None = None) -> np.ndarray:
         """Decode a prompt layout; returns the logits of its last row. On failure or interruption
         (DecodeInterrupted) the cache is rolled back to what it was. progress(rows_done, rows_total)
-        follows the micro-batches."""
+        follows the micro-batches. floor: the lowest position a video's ordered decode may relabel cells
+        down to (default: the layout's first position; a turn prefilled in pieces passes its own start)."""
         n0 = self.history.n
         ids, kinds = layout.input_ids, layout.kinds
         rows = layout.llama_rows()
         self._room(self.n_used + int(ids.size))
         try:
-            if np.all(kinds == KIND_TEXT):
+            ordered = needs_ordered_decode(layout.positions)
+            if np.all(kinds == KIND_TEXT) and not ordered:  # plain text (a video's bos pair shares a position)
                 res = self.ctx.decode(tokens=ids, positions=rows[0], logits="last", hidden=self._hidden_sel(),
                                       should_stop=should_stop, progress=progress)
-            elif needs_ordered_decode(layout.positions):  # a video with its sound: positions go back in time
+            elif ordered:  # a video with its sound: positions go back in time; its bos pair shares one
                 res = decode_in_order(self.ctx, self._embeddings(ids, kinds, media), layout.positions,
                                       hidden=self.history.keeps_hidden, should_stop=should_stop,
-                                      progress=progress)
+                                      progress=progress, floor=floor)
             else:
                 res = self.ctx.decode(embeddings=self._embeddings(ids, kinds, media), positions=rows,
                                       logits="last", hidden=self._hidden_sel(), should_stop=should_stop,
