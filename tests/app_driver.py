@@ -92,9 +92,11 @@ def _record(what: str) -> None:
 def _instrument() -> None:
     """Wrap the model's load and turn functions to record the thread they run on."""
     import pocketomni.chat.chat as chat_mod
+    import pocketomni.engine.encoders as encoders_mod
     import pocketomni.omni as omni_mod
 
-    orig_init, orig_run, orig_plan = omni_mod.Omni.__init__, chat_mod.Chat._run, chat_mod.Chat._plan
+    orig_init, orig_run = omni_mod.Omni.__init__, chat_mod.Chat._run
+    orig_prepare = encoders_mod.MediaEncoders.prepare
 
     def init(self: Any, *a: Any, **k: Any) -> None:
         _record("Omni.load")
@@ -102,16 +104,18 @@ def _instrument() -> None:
 
     def run(self: Any, *a: Any, **k: Any) -> Any:
         _record("Chat turn")
+        PLANS.append([])  # a send() plans its media inside the turn, a live turn at its finish
         yield from orig_run(self, *a, **k)
 
-    def plan(self: Any, *a: Any, **k: Any) -> Any:
-        out = orig_plan(self, *a, **k)
-        PLANS.append([_prepared(p) for p in out[2]])
+    def prepare(self: Any, part: Any) -> Any:
+        out = orig_prepare(self, part)
+        if PLANS:
+            PLANS[-1].append(_prepared(out))
         return out
 
     omni_mod.Omni.__init__ = init  # type: ignore[method-assign]
     chat_mod.Chat._run = run  # type: ignore[method-assign]
-    chat_mod.Chat._plan = plan  # type: ignore[method-assign]
+    encoders_mod.MediaEncoders.prepare = prepare  # type: ignore[method-assign]
 
 
 def _prepared(p: Any) -> dict[str, Any]:
@@ -540,6 +544,9 @@ class Driver:
         yield Until(lambda: self.app.engine.session.camera is not None, 10, "the session's camera")
         yield 1.0
         yield from self.ask(QUESTION, 1)
+        live = self.app.engine.session.last_live  # the camera turn, heard live: chunks of frames + voice
+        self.result["camera_live"] = None if live is None else {
+            "video": live.video, "frames_fed": live.n_frames, "chunks_streamed": live.windows_prefilled}
         yield 0.5
         self.screenshot("08_camera")
         tap(conv.ids.cam_btn)  # camera off: the next turn is voice only

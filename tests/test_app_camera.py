@@ -1,7 +1,8 @@
 """The Kivy demo's live camera under Xvfb + PulseAudio on the tiny model: the camera toggle (here a
 file-backed camera playing a test video; on a device Kivy's Camera widget) shows the latest frame
 small; a question spoken into the virtual microphone goes to the chat as video at 2 fps within the
-pixel budget with the voice as its sound track, and a reply comes back; camera off, the next turn is
+pixel budget with the voice as its sound track, streamed in 2 s chunks while it is spoken, and a reply
+comes back; camera off, the next turn is
 voice only. Writes the README screenshot apps/kivy_demo/screenshots/08_camera.png."""
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def test_app_camera_turn(converted_tiny, audio_devices: None, tmp_path: Path) ->
     assert len(turns) == 2 and turns[0]["video"] and turns[1]["frames"] is None and not turns[1]["video"]
     t, h, w, c = turns[0]["frames"]
     assert t == max(2, 2 * math.floor(turns[0]["audio_seconds"])) and c == 3
+    # heard live: the camera's 2 s chunks (4 frames + 2 s of voice) went in while the user spoke
+    live = r["camera_live"]
+    assert live is not None and live["video"] and live["chunks_streamed"] >= 1 and live["frames_fed"] >= 4
     # what the chat prepared for the encoders: those frames at 2 fps, within the budget, with the voice
     plans = [p for p in r["plans"] if p]  # turns with media
     video = plans[0][0]
@@ -65,5 +69,5 @@ def test_app_camera_turn(converted_tiny, audio_devices: None, tmp_path: Path) ->
     assert color_pixels(png, USER_BG) > 3000
     check_model_work_off_the_ui_thread(r, 2)
     print(f"\n[app camera] {t} frames {w}x{h} (budget {budget} px), {video['video_tokens']} video + "
-          f"{video['audio_tokens']} audio tokens; first text {done[0]['first_text'] * 1000:.0f} ms after the turn; "
+          f"{video['audio_tokens']} audio tokens ({live['chunks_streamed']} chunks streamed); first text {done[0]['first_text'] * 1000:.0f} ms after the turn; "
           f"frames: {report_frames(r)}")

@@ -1,8 +1,10 @@
 """A live camera in a VoiceSession on the tiny model, with real (PulseAudio) devices: espeak-ng speech
 is played into the virtual microphone while a camera source plays a moving scene. The spoken turn goes
 to the model as video at 2 fps with the user's voice as its sound track, exactly as
-chat.send(video=(frames, 2, audio, 16000)); frames keep to the pixel budget; camera failures are typed
-and the session keeps answering."""
+chat.send(video=(frames, 2, audio, 16000)); hands-free, its 2 s chunks (4 frames and 2 s of voice) are
+encoded and prefilled while the user speaks, and with the exact clamp the result is the one-piece
+send's (ids, positions, reply); frames keep to the pixel budget; camera failures are typed and the
+session keeps answering."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from pocketomni.voice.session import ReplyDone, UserTurn, VoiceError
 
 R = 16000
 QUESTION = "What is in front of me right now?"
+LONG_QUESTION = "What is in front of me right now? Tell me about the red square and where it is going."
 IDS = TokenIds()
 
 
@@ -59,8 +62,8 @@ def say(text: str = QUESTION) -> np.ndarray:
     return clip
 
 
-def spoken_turn(vs: po.VoiceSession, log: Log, n: int) -> tuple[UserTurn, ReplyDone]:
-    say()
+def spoken_turn(vs: po.VoiceSession, log: Log, n: int, text: str = QUESTION) -> tuple[UserTurn, ReplyDone]:
+    say(text)
     log.wait(lambda lg: len(lg.of(ReplyDone)) >= n, 180, f"reply {n}")
     return log.of(UserTurn)[n - 1], log.of(ReplyDone)[n - 1]
 
@@ -74,10 +77,14 @@ def test_camera_turn_is_the_video_with_its_voice_track(omni, audio_devices: None
     budget = 150000
     chat = omni.chat(max_tokens=12)
     log = Log()
-    with po.VoiceSession(chat, on_event=log, camera=camera(), camera_pixels=budget) as vs:
+    with po.VoiceSession(chat, on_event=log, camera=camera(), camera_pixels=budget, clamp="exact") as vs:
         time.sleep(1.0)  # the VAD learns the noise floor
-        turn, done = spoken_turn(vs, log, 1)
+        turn, done = spoken_turn(vs, log, 1, LONG_QUESTION)
+        live = vs.last_live
     assert not log.of(VoiceError), log.of(VoiceError)
+    # streamed: chunks of frames and voice were in the cache before the user stopped speaking
+    assert live is not None and live.video and live.n_frames >= 4 * live.windows_prefilled >= 4
+    assert all(0 < t.prefilled_at for t in live.timings[: live.windows_prefilled])
     frames, audio = turn.frames, turn.audio
     assert turn.video and not turn.image and frames is not None and audio is not None
     # 2 fps over the spoken turn: the reference's frame count for a clip of this length
@@ -104,7 +111,9 @@ def test_camera_turn_is_the_video_with_its_voice_track(omni, audio_devices: None
     assert ref_done.text == done.done.text and chat.tokens == ref.tokens
     np.testing.assert_array_equal(pos, ref_pos)
     print(f"\n[camera turn] {turn.audio_seconds:.2f} s of voice, {t} frames {w}x{h} (budget {budget} px): "
-          f"{video_tokens(frames)} video tokens; first text {done.first_text_latency * 1000:.0f} ms after the turn")
+          f"{video_tokens(frames)} video tokens, {live.windows_prefilled} chunks streamed (windows redone: "
+          f"{[x.index for x in live.timings if x.reencoded]}); first text {done.first_text_latency * 1000:.0f} ms "
+          "after the turn")
 
 
 def test_phone_budget_below_the_reference_minimum(folder, omni, audio_devices: None) -> None:  # noqa: F811

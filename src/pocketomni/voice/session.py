@@ -115,7 +115,8 @@ class VoiceSession:
     audio_backend: where the devices come from (pocketomni.audio.backend.audio_backend(); default:
       the platform's, AudioRecord/AudioTrack on Android, sounddevice elsewhere).
     camera: a live camera source (pocketomni.voice.camera): spoken turns are sent as video at 2 fps
-      with the user's voice as its sound track; `set_camera()` switches it at any time.
+      with the user's voice as its sound track (hands-free live turns take each 2 s chunk of frames
+      and voice while the user speaks); `set_camera()` switches it at any time.
     camera_pixels: pixels per camera frame at most (default 160*28*28: 4:3 frames become 392x308, 154
       tokens per second of video), at least the model's smallest video frame (Omni video_min_pixels).
     live: hands-free turns are encoded and prefilled while the user speaks (needs a VAD with
@@ -319,7 +320,7 @@ class VoiceSession:
         failures arrive as VoiceError events carrying a CameraError; turns then go on without video."""
         new = None if source is None else CameraRecorder(
             source, self.camera_pixels, self._video_limits[0],
-            on_error=lambda e: self._emit(VoiceError(f"camera off: {e}", e)))
+            on_error=lambda e: self._emit(VoiceError(f"camera off: {e}", e)), on_chunk=self._camera_chunk)
         with self._lock:
             old, self.camera = self.camera, new
         if old is not None:
@@ -482,7 +483,8 @@ class VoiceSession:
         self._drop_open()
         try:
             kw: dict[str, Any] = {} if self.clamp is None else {"clamp": self.clamp}
-            live = self.chat.begin_turn(options=self.options, **kw)
+            video = self.camera is not None and self.chat._model.folder.vision  # frames stream in with the voice
+            live = self.chat.begin_turn(options=self.options, video=video, **kw)
         except PocketOmniError as e:
             self._emit(VoiceError(f"cannot listen while you speak ({e}); the turn is sent when it ends", e))
             self.live = False
@@ -500,6 +502,19 @@ class VoiceSession:
         if x.size:
             turn.live.feed_audio(x)
 
+    def _camera_chunk(self, j: int, frames: np.ndarray) -> None:
+        """The camera's 2 s chunk j of the turn being spoken (camera thread): into its live turn, in order.
+        A chunk that does not follow (the turn began later, one was missed, the size changed) is left
+        out; finish() then gets the whole recording and encodes what is missing."""
+        turn = self._open
+        live = None if turn is None else turn.live
+        if live is None or not live.video or live.done or live.n_frames != 4 * j:
+            return
+        try:
+            live.feed_video(frames)
+        except PocketOmniError as e:
+            log.debug("camera chunk %d not streamed: %s", j, e)
+
     def _end_live(self, turn: _Turn, audio: np.ndarray) -> None:
         """speech_end: the rest of the utterance goes in; the turn is submitted."""
         live = turn.live
@@ -510,7 +525,7 @@ class VoiceSession:
         with self._lock:
             if self._closed:
                 return
-            turn.visual = self._take_visual(audio)  # a camera turn goes as video: _run_turn sends the whole clip
+            turn.visual = self._take_visual(audio)  # a camera turn: the recording, checked against the chunks fed
             turn.audio, turn.epoch, turn.ended_at = audio, self._epoch, time.monotonic()
             self._replying = True
             self._queued += 1
@@ -599,8 +614,10 @@ class VoiceSession:
     def _run_turn(self, turn: _Turn) -> None:
         audio = turn.audio
         live = turn.live
-        if live is not None and (self._carry is not None or turn.visual is not None or turn.epoch != self._epoch
-                                 or live.done or live.n_samples != (0 if audio is None else audio.size)):
+        camera = turn.visual is not None and turn.visual[0] == "camera"
+        if live is not None and (self._carry is not None or turn.epoch != self._epoch or live.done
+                                 or (turn.visual is not None and not (camera and live.video))
+                                 or live.n_samples != (0 if audio is None else audio.size)):
             live.abort()  # it cannot take what goes before its audio: the whole clip, as without live turns
             live = None
         if self._carry is not None and audio is not None:  # a turn cut short by more speech: join them
@@ -632,7 +649,13 @@ class VoiceSession:
         t_text = t_audio = 0.0
         done: Done | None = None
         self.last_live = live
-        for ev in (live.finish_sync() if live is not None else self.chat.send_sync(**kwargs)):
+        if live is None:
+            events = self.chat.send_sync(**kwargs)
+        elif live.video:  # the camera's recording (none: the camera failed or went off)
+            events = live.finish_sync(frames=turn.visual[1] if camera and turn.visual else ())
+        else:
+            events = live.finish_sync()
+        for ev in events:
             if turn.epoch != self._epoch:
                 self.chat.cancel()  # the turn now holds the chat, so this reaches it
             if isinstance(ev, TextDelta):
