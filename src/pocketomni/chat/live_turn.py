@@ -269,7 +269,7 @@ class LiveTurn:
                     if self._aborted:
                         return
                     new = self._mel.windows()
-                    frames = self._frames[len(self._sized):]
+                    frames = self._frames[len(self._sized):] if self._encoder is not None else []  # (stock audio: at finish)
                     finishing = self._finishing
                 now = time.monotonic()
                 for w in new:
@@ -277,7 +277,7 @@ class LiveTurn:
                     self._windows.append(w)
                     self._rows.append(self._encode(w))
                     self.timings[-1].encoded_at = time.monotonic()
-                if frames and self._encoder is not None:
+                if frames:
                     self._encode_frames(frames)
                 if self._held is None:
                     self._try_hold()  # also retried while the chat is busy with a reply
