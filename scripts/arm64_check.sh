@@ -11,7 +11,10 @@
 #      prompt, logits teacher-forced along x86's tokens, talker codes, token2wav on x86's codes):
 #      per-stage differences and the top-2 margin where the greedy choice flips, to $WORK/stages.json.
 #
-#   bash scripts/arm64_check.sh [STAGE ...]     stages: deps build rootfs wheels demo compare stages (default: all)
+#   4. compare_f32: the same as 2 on the demo checkpoint written in f32 (no quantized weights), strict.
+#
+#   bash scripts/arm64_check.sh [STAGE ...]     stages: deps build rootfs wheels demo compare compare_f32 stages
+#                                               (default: all)
 #
 # Every stage reuses what an earlier run left in $WORK (default /tmp/pocketomni-arm64). Runs as root
 # for apt-get (deps stage) only. CPU heavy: the build runs under `nice -n 10` with $JOBS jobs (default 2).
@@ -152,6 +155,30 @@ stage_compare() {
     --wall "$tx" "$ta" --out "$WORK/compare.json" --allow-near-ties
 }
 
+# The same turn on the demo checkpoint written in f32 throughout (same seed, no quantized weights): the
+# SDK's own arithmetic and logic (positions, TMRoPE, media layout, sampling, talker feed) on ARM, without
+# the q8_0 activation rounding that makes the demo model's near-ties flip. Strict: every token identical.
+stage_compare_f32() {
+  local folder="$WORK/demo-f32"
+  if [ ! -f "$folder/pocketomni.json" ]; then
+    local seed
+    seed="$(PYTHONPATH="$here/src" "$PYTHON" -c 'from pocketomni.cli.demo import DEMO_SEED; print(DEMO_SEED)')"
+    log "compare_f32: the demo checkpoint (seed $seed) written in f32"
+    PYTHONPATH="$here/src" "$PYTHON" -m pocketomni.cli.main synth tiny "$folder" --quant f32 --mmproj-quant f32 \
+      --talker-quant f32 --token2wav-type f32 --seed "$seed" --no-progress >&2
+  fi
+  log "compare_f32: greedy turn natively on x86"
+  local t0=$SECONDS
+  PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_compare.py" run "$folder" "$WORK/x86-f32.npz"
+  local tx=$((SECONDS - t0))
+  log "compare_f32: the same turn under qemu-aarch64"
+  t0=$SECONDS
+  arm_python "$here/scripts/arm64_compare.py" run "$folder" "$WORK/arm64-f32.npz" --forced-from "$WORK/x86-f32.npz"
+  local ta=$((SECONDS - t0))
+  PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_compare.py" compare "$WORK/x86-f32.npz" "$WORK/arm64-f32.npz" \
+    --wall "$tx" "$ta" --out "$WORK/compare-f32.json"
+}
+
 # Where the image + audio turn parts ways: every stage of it on both machines (scripts/arm64_stages.py),
 # the thinker teacher-forced along x86's tokens, cross-fed with x86's media rows, token2wav on x86's codes.
 stage_stages() {
@@ -167,5 +194,5 @@ stage_stages() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(deps build rootfs wheels demo compare stages)
+[ ${#stages[@]} -gt 0 ] || stages=(deps build rootfs wheels demo compare compare_f32 stages)
 for s in "${stages[@]}"; do "stage_$s"; done
