@@ -133,8 +133,10 @@ stage_demo() {
     "$WORK/demo-out" 2>&1 | tee "$WORK/demo.log"; }
   log "demo: the same natively on x86, then both replies compared (text, speech SNR)"
   PYTHONPATH="$here/src" "$PYTHON" -m pocketomni.cli.main demo --out "$WORK/demo-out-x86" --threads 2 >"$WORK/demo-x86.log" 2>&1
+  # the demo samples (fixed seeds): a logit moved by ARM's rounding can change a sampled token, so this
+  # comparison informs; the greedy turn (compare, compare_f32) is the check
   PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_compare.py" demo "$WORK/demo-x86.log" "$WORK/demo.log" \
-    "$WORK/demo-out-x86" "$WORK/demo-out"
+    "$WORK/demo-out-x86" "$WORK/demo-out" || log "demo: the sampled replies differ between the machines (see above)"
 }
 
 stage_compare() {
