@@ -266,6 +266,40 @@ def test_live_camera_turn_inputs(omni) -> None:
     assert np.abs(box[0] - ref_logits).max() / np.abs(ref_logits).max() <= logit_tolerance(n)
 
 
+def test_live_camera_turn_repairs_and_abort(omni) -> None:
+    """finish(frames=...) with a recording that differs from the frames fed (from the third pair on) is
+    the one-piece send of that recording; an aborted camera turn (its cells relabelled by the ordered
+    decode) leaves the chat exactly as it was."""
+    clip = loud_then_quiet()
+    n = 2 * math.floor(clip.size / R)
+    fed, final = scene(n), scene(n)
+    final[4:] = final[4:, ::-1]  # the camera's recording from frame 4 on is not what was streamed
+    ref = omni.chat(max_tokens=6)
+    list(ref.send_sync("First."))
+    box_ref, obs_ref = _observer()
+    ref_done = list(ref.send_sync(video=(final, 2.0, clip, R), logits_processors=[obs_ref]))[-1]
+    chat = omni.chat(max_tokens=6)
+    list(chat.send_sync("First."))
+    before = (chat.tokens, chat._session.history.n, chat._session.next_pos)
+    dropped = chat.begin_turn("exact", video=True)
+    _feed_live(dropped, clip, fed)
+    _wait_prefilled(dropped, 2)
+    assert chat._session.history.n > before[1]
+    dropped.abort()
+    assert (chat.tokens, chat._session.history.n, chat._session.next_pos) == before
+    box, obs = _observer()
+    turn = chat.begin_turn("exact", video=True, logits_processors=[obs])
+    _feed_live(turn, clip, fed)
+    _wait_prefilled(turn, 2)
+    done = list(turn.finish_sync(frames=final))[-1]
+    m = len(ref.tokens) - ref_done.usage.reply_tokens
+    assert done.usage == ref_done.usage and chat.tokens[:m] == ref.tokens[:m]
+    np.testing.assert_array_equal(chat._session.history.positions, ref._session.history.positions)
+    gap = np.abs(box[0] - box_ref[0]).max() / np.abs(box_ref[0]).max()
+    assert gap <= min(logit_tolerance(m), 1e-3), gap
+    assert done.tokens == ref_done.tokens
+
+
 def test_live_log_mel_exact_repair_is_the_whole_clip_log_mel() -> None:
     rng = np.random.default_rng(7)
     for n in (321, 3 * R + 77, 64039, 64040, 9 * R + 5):
