@@ -68,7 +68,7 @@ from pocketomni.engine.positions import (
 )
 from pocketomni.errors import MediaError, OptionsError, PocketOmniError
 from pocketomni.events import Event
-from pocketomni.media.video import _frame_array, _resize_frames, frame_size
+from pocketomni.media.video import frame_array, frame_size, resize_frames
 
 if TYPE_CHECKING:
     from pocketomni.audio.tower import AudioEncoder
@@ -112,7 +112,7 @@ def _frame_list(frames: Any) -> list[np.ndarray]:
         seq = [frames]
     else:
         seq = list(frames)
-    out = [_frame_array(f) for f in seq]
+    out = [frame_array(f) for f in seq]
     if out and len({f.shape for f in out}) != 1:
         raise MediaError(f"all frames of a video must have one size; got {sorted({f.shape for f in out})}")
     return out
@@ -303,7 +303,7 @@ class LiveTurn:
         if self._size is None:
             h, w = frames[0].shape[:2]
             self._size = frame_size(h, w, 2 * CHUNK_PAIRS, media.video_config)
-        self._sized.extend(_resize_frames(frames, self._size))
+        self._sized.extend(resize_frames(frames, self._size))
         while 2 * len(self._pairs) + 2 <= len(self._sized):
             g = 2 * len(self._pairs)
             self._pairs.append(media.encode_frames(np.stack(self._sized[g : g + 2])))

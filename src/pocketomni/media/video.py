@@ -37,9 +37,11 @@ __all__ = [
     "PreparedVideo",
     "VideoConfig",
     "VideoInput",
+    "frame_array",
     "frame_size",
     "iter_video_frames",
     "prepare_video",
+    "resize_frames",
     "sample_indices",
     "smart_nframes",
 ]
@@ -143,13 +145,15 @@ def frame_size(height: int, width: int, n_frames: int, cfg: VideoConfig | None =
     return smart_resize(h, w, c.image.factor, c.min_pixels, c.max_pixels)
 
 
-def _frame_array(frame: Any) -> np.ndarray:
+def frame_array(frame: Any) -> np.ndarray:
+    """One video frame as an (H, W, 3) uint8 array (arrays of another kind and PIL images converted)."""
     if isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[-1] == 3:
         return frame
     return np.asarray(load_image(frame), dtype=np.uint8)
 
 
-def _resize_frames(frames: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+def resize_frames(frames: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames at size (height, width), PIL bicubic (frames already that size: copied)."""
     h, w = size
     out = np.empty((len(frames), h, w, 3), dtype=np.uint8)
     for i, f in enumerate(frames):
@@ -165,7 +169,7 @@ def _finish(selected: list[np.ndarray], total: int, fps: float, audio: PreparedA
     if len(shapes) != 1:
         raise MediaError(f"all video frames must have the same size; got {sorted(shapes)}")
     height, width = selected[0].shape[:2]
-    frames = _resize_frames(selected, frame_size(height, width, n, cfg))
+    frames = resize_frames(selected, frame_size(height, width, n, cfg))
     tp, p, m = cfg.image.temporal_patch_size, cfg.image.patch_size, cfg.image.merge_size
     if n % tp:  # cannot happen with frame_factor 2; mirrors the processor's padding otherwise
         frames = np.concatenate([frames, np.repeat(frames[-1:], tp - n % tp, axis=0)])
@@ -207,7 +211,7 @@ def _from_frames(frames: Any, fps: Any, audio: Any, rate: Any, cfg: VideoConfig)
             f"the video lasts {total / fps:.0f} s; at most {cfg.max_seconds:.0f} s are accepted. Cut it shorter"
         )
     n = smart_nframes(total, fps, cfg)
-    selected = [_frame_array(seq[i]) for i in sample_indices(total, n)]
+    selected = [frame_array(seq[i]) for i in sample_indices(total, n)]
     prepared_audio = None if audio is None else prepare_audio((audio, rate))
     return _finish(selected, total, fps, prepared_audio, cfg)
 
