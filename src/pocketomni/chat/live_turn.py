@@ -312,9 +312,10 @@ class LiveTurn:
         """The turn's media as a prompt segment (placeholder counts before anything is encoded)."""
         if not self.video:
             return AudioSegment(max(n_audio, 1))
-        p = self.chat._model.media.image_config.patch_size
+        cfg = self.chat._model.media.image_config
+        p = cfg.patch_size
         h, w = self._size or (2 * p, 2 * p)
-        return VideoSegment((max(n_pairs, 1), h // p, w // p), 2.0 / LIVE_FPS, max(n_audio, 1))
+        return VideoSegment((max(n_pairs, 1), h // p, w // p), cfg.temporal_patch_size / LIVE_FPS, max(n_audio, 1))
 
     def _try_hold(self) -> None:
         """Take the chat if it is free; then prefill the head: the turn's text before the media and the

@@ -41,7 +41,7 @@ from PIL import Image
 
 from pocketomni.errors import CameraError, OptionsError
 
-__all__ = ["DEFAULT_PIXELS", "FPS", "CameraRecorder", "CameraSource", "FrameStream", "PushCamera", "VideoFileCamera", "as_camera",
+__all__ = ["CHUNK_FRAMES", "DEFAULT_PIXELS", "FPS", "CameraRecorder", "CameraSource", "FrameStream", "PushCamera", "VideoFileCamera", "as_camera",
            "camera_frame_size", "check_camera_pixels", "prepend_still", "vad_lead_seconds",
            "video_frame_limits"]
 

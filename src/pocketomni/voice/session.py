@@ -45,6 +45,7 @@ from pocketomni.audio.vad import VadConfig, VoiceActivityDetector
 from pocketomni.errors import FeatureUnavailableError, OptionsError, PocketOmniError
 from pocketomni.events import AudioChunk, Done, TextDelta
 from pocketomni.voice.camera import (
+    CHUNK_FRAMES,
     DEFAULT_PIXELS,
     FPS,
     CameraRecorder,
@@ -508,7 +509,7 @@ class VoiceSession:
         out; finish() then gets the whole recording and encodes what is missing."""
         turn = self._open
         live = None if turn is None else turn.live
-        if live is None or not live.video or live.done or live.n_frames != 4 * j:
+        if live is None or not live.video or live.done or live.n_frames != CHUNK_FRAMES * j:
             return
         try:
             live.feed_video(frames)
