@@ -102,10 +102,12 @@ def run(folder: Path, label: str, repeats: int, seconds: float, pixels: tuple[in
                 runs[mode].append(turn(omni, clip, frames, mode))
                 print(r, mode, runs[mode][-1], flush=True)
     load.append(os.getloadavg()[0])
+    from suite_common import machine_info
+
     med = {m: {k: statistics.median(x[k] for x in v) for k in v[0]} for m, v in runs.items()}
     return {"label": label, "folder": str(folder), "clip_seconds": clip.size / R, "frames": list(frames.shape),
             "pair_encode_s": pair_s, "load": load, "when": time.strftime("%Y-%m-%d %H:%M"),
-            "cpu": Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].split(":", 1)[1].strip(),
+            "cpu": machine_info()["cpu"],
             "runs": runs, "median": med}
 
 

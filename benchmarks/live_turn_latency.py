@@ -105,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             for name in (("before", "after") if r % 2 == 0 else ("after", "before")):
                 runs[name].append(one(omni, clip, name == "after"))
                 print(name, runs[name][-1], flush=True)
+    from suite_common import machine_info
+
     med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in runs.items()}
     res = {"label": args.label, "folder": str(folder), "clip_seconds": clip.size / R, "load": [load0, os.getloadavg()[0]],
-           "cpu": Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": "),
+           "cpu": machine_info()["cpu"],
            "runs": runs, "median": med}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"live_turn_latency-{args.label}.json").write_text(json.dumps(res, indent=1))
