@@ -139,22 +139,32 @@ stage_demo() {
     "$WORK/demo-out-x86" "$WORK/demo-out" || log "demo: the sampled replies differ between the machines (see above)"
 }
 
+# One greedy turn on FOLDER natively on x86, then under qemu teacher-forced along x86's tokens, then
+# compared: compare_turn NAME FOLDER SUFFIX [compare options]; figures to $WORK/compare$SUFFIX.json.
+compare_turn() {
+  local name="$1" folder="$2" suffix="$3"
+  shift 3
+  log "$name: greedy turn natively on x86"
+  local t0=$SECONDS
+  PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_compare.py" run "$folder" "$WORK/x86$suffix.npz"
+  local tx=$((SECONDS - t0))
+  log "$name: the same turn under qemu-aarch64"
+  t0=$SECONDS
+  local TIMEFORMAT="[arm64_check] $name under qemu: %R s wall, %U s user + %S s sys CPU"
+  time arm_python "$here/scripts/arm64_compare.py" run "$folder" "$WORK/arm64$suffix.npz" \
+    --forced-from "$WORK/x86$suffix.npz"
+  local ta=$((SECONDS - t0))
+  PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_compare.py" compare "$WORK/x86$suffix.npz" \
+    "$WORK/arm64$suffix.npz" --wall "$tx" "$ta" --out "$WORK/compare$suffix.json" "$@"
+}
+
+# The demo model as shipped. Passes when every reply token is identical, or when a turn first differs at
+# a near-tie (the margin there below the logit differences measured at the steps before it); the report
+# says which.
 stage_compare() {
   local folder
-  folder="$(demo_model)"
-  log "compare: greedy turn natively on x86"
-  local t0=$SECONDS
-  PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_compare.py" run "$folder" "$WORK/x86.npz"
-  local tx=$((SECONDS - t0))
-  log "compare: the same turn under qemu-aarch64"
-  t0=$SECONDS
-  local TIMEFORMAT="[arm64_check] compare under qemu: %R s wall, %U s user + %S s sys CPU"
-  time arm_python "$here/scripts/arm64_compare.py" run "$folder" "$WORK/arm64.npz" --forced-from "$WORK/x86.npz"
-  local ta=$((SECONDS - t0))
-  # passes when every reply token is identical, or when a turn first differs at a near-tie (the margin
-  # there below the logit differences measured at the steps before it); the report says which
-  PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_compare.py" compare "$WORK/x86.npz" "$WORK/arm64.npz" \
-    --wall "$tx" "$ta" --out "$WORK/compare.json" --allow-near-ties
+  folder="$(demo_model)"  # (a failure here stops the script: set -e)
+  compare_turn compare "$folder" "" --allow-near-ties
 }
 
 # The same turn on the demo checkpoint written in f32 throughout (same seed, no quantized weights): the
@@ -169,16 +179,7 @@ stage_compare_f32() {
     PYTHONPATH="$here/src" "$PYTHON" -m pocketomni.cli.main synth tiny "$folder" --quant f32 --mmproj-quant f32 \
       --talker-quant f32 --token2wav-type f32 --seed "$seed" --no-progress >&2
   fi
-  log "compare_f32: greedy turn natively on x86"
-  local t0=$SECONDS
-  PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_compare.py" run "$folder" "$WORK/x86-f32.npz"
-  local tx=$((SECONDS - t0))
-  log "compare_f32: the same turn under qemu-aarch64"
-  t0=$SECONDS
-  arm_python "$here/scripts/arm64_compare.py" run "$folder" "$WORK/arm64-f32.npz" --forced-from "$WORK/x86-f32.npz"
-  local ta=$((SECONDS - t0))
-  PYTHONPATH="$here/src" "$PYTHON" "$here/scripts/arm64_compare.py" compare "$WORK/x86-f32.npz" "$WORK/arm64-f32.npz" \
-    --wall "$tx" "$ta" --out "$WORK/compare-f32.json"
+  compare_turn compare_f32 "$folder" -f32
 }
 
 # Where the image + audio turn parts ways: every stage of it on both machines (scripts/arm64_stages.py),
