@@ -13,9 +13,10 @@ One model folder per run, llama.cpp with all usable cores (the SDK's default), n
    time to render the first chunk). Alongside: numpy float32 GEMM GFLOP/s and copy bandwidth.
 2. Spoken turns through the public API (`omni.chat(speech=True)`, fast preset), the text prompt
    PROMPT, greedy text of `--tokens` tokens, `--codes` speech codes (random weights never stop early):
-   three engines alternated `--repeats` times (ABC, CBA, ..., then medians): one after another with
+   four engines alternated `--repeats` times (ABCD, DCBA, ..., then medians): one after another with
    every stage on all cores (the SDK's sequential path), one after another with the pipeline's thread
-   split (to tell overlap from thread counts), and pipelined. Per turn: time to
+   split (to tell overlap from thread counts), pipelined (its defaults), and pipelined with
+   first_audio_first=False (the text never waits). Per turn: time to
    first text, to first audio, to the end of the text, total; sustained real-time factor (seconds from
    the first reply token to the last sample, per audio second); per-stage busy time (thinker decode
    steps, talker, token2wav) and the process's CPU seconds.
@@ -23,6 +24,9 @@ One model folder per run, llama.cpp with all usable cores (the SDK's default), n
    time to first token + (codes of the first chunk paced by the text: one code per reply token while the
    text lasts, then at the talker's rate) + the first chunk's rendering, from the stage figures of step 1
    (each stage at its best thread count alone).
+   And the best possible sustained RTF of any engine on these cores (`best_overlap_rtf`): the stages'
+   work at their most CPU-efficient thread count spread over all cores, or the slowest stage at its
+   fastest, whichever is longer.
 4. A projection to an 8-core laptop from the per-stage figures (labelled as such): every stage's time at
    n threads from its measured 1- and 2-thread times by Amdahl's law (its parallel fraction p from the
    measured 2-thread speedup), per-core speed as here; pipelined split 2/2/4 (engine/cpu_split.py),
@@ -150,10 +154,11 @@ def token2wav_alone(omni: Any, threads: int, codes: int) -> dict[str, float]:
 
 
 def spoken_turn(omni: Any, pipelined: bool, tokens: int, codes: int,
-                threads: tuple[int, int, int] | None = None) -> dict[str, float]:
+                threads: tuple[int, int, int] | None = None, first_audio_first: bool | None = None) -> dict[str, float]:
     import pocketomni as po
 
-    opts = po.SpeechOptions(max_codes=codes, seed=5, pipelined=pipelined, threads=threads)
+    opts = po.SpeechOptions(max_codes=codes, seed=5, pipelined=pipelined, threads=threads,
+                            first_audio_first=first_audio_first)
     chat = omni.chat(speech=True, speech_options=opts, max_tokens=tokens, temperature=0.0)
     sess = chat._session
     step, busy = sess.step, [0.0]
@@ -195,6 +200,19 @@ def first_audio_bound(ttft: float, tok_s: float, talker_cps: float, tokens: int,
     return ttft + paced / tok_s + max(0, first_chunk - paced) / talker_cps + render_first
 
 
+def best_overlap_rtf(st: dict[str, Any], tokens: int, codes: int, cpus: int) -> float:
+    """The sustained RTF no engine can beat with these stages on `cpus` cores: every stage's work at its
+    most CPU-efficient thread count (min over t of t x its time at t threads) spread over all cores, or the
+    slowest stage at its fastest thread count, whichever is longer; per second of audio."""
+    ks = list(st["thinker"])
+    times = {"thinker": {k: tokens / st["thinker"][k]["tok_s"] for k in ks},
+             "talker": {k: codes / st["talker_codes_s"][k] for k in ks},
+             "token2wav": {k: st["token2wav"][k]["rtf"] * codes / 50 for k in ks}}
+    work = sum(min(int(k) * t[k] for k in ks) for t in times.values())
+    longest = max(min(t.values()) for t in times.values())
+    return max(work / cpus, longest) / (codes / 50)
+
+
 def projection(st: dict[str, Any], tokens: int, codes: int) -> dict[str, float]:
     """8-core figures from the stage times at 1 and 2 threads (module doc, step 4)."""
     n = PROJECT_CORES
@@ -218,7 +236,7 @@ def projection(st: dict[str, Any], tokens: int, codes: int) -> dict[str, float]:
     fc = first_chunk()[0]
     paced = min(fc, tokens)
     return {
-        "cores": n, "split": [sp.thinker, sp.talker, sp.token2wav],
+        "cores": n, "split": stage_split(sp),
         "pipelined_rtf": max(pipe.values()), "sequential_rtf": sum(seq.values()),
         "pipelined_first_audio_s": ttft + paced * max(amdahl(tok["1"], tok["2"], sp.thinker),
                                                       amdahl(code["1"], code["2"], sp.talker))
@@ -233,6 +251,11 @@ def projection(st: dict[str, Any], tokens: int, codes: int) -> dict[str, float]:
 # ---------------------------------------------------------------------------------- run and report
 
 
+def stage_split(threads: Any) -> list[int]:
+    """(thinker, talker, token2wav) threads of a StageThreads, as SpeechOptions.threads takes them."""
+    return [threads.thinker, threads.talker, threads.token2wav]
+
+
 def run(folder: Path, label: str, repeats: int, tokens: int, codes: int) -> dict[str, Any]:
     from suite_common import copy_bandwidth, machine_info
 
@@ -244,7 +267,8 @@ def run(folder: Path, label: str, repeats: int, tokens: int, codes: int) -> dict
     out: dict[str, Any] = {"label": label, "folder": str(folder), "machine": machine_info(), "usable_cpus": cpus,
                            "blas_threads": blas_threads(), "date": time.strftime("%Y-%m-%d %H:%M"),
                            "tokens": tokens, "codes": codes, "repeats": repeats, "prompt": PROMPT,
-                           "split": list(vars(split_threads(cpus)).values())}
+                           "split": stage_split(split_threads(cpus)),
+                           "vocoder_thread": split_threads(cpus).vocoder_thread}
     with po.Omni.load_sync(folder) as omni:
         print(f"[{label}] warm-up turn", flush=True)
         spoken_turn(omni, False, min(tokens, 8), min(codes, 16))  # loads the speech engine, ECAPA
@@ -259,13 +283,14 @@ def run(folder: Path, label: str, repeats: int, tokens: int, codes: int) -> dict
         st["copy_gbs"] = copy_bandwidth(cpus)["gbs"]
         out["stages"] = st
         split = tuple(out["split"])
-        engines = {"sequential": (False, None), "sequential_split": (False, split), "pipelined": (True, None)}
+        engines = {"sequential": (False, None, None), "sequential_split": (False, split, None),
+                   "pipelined": (True, None, None), "pipelined_no_wait": (True, None, False)}
         turns: dict[str, list[dict[str, float]]] = {k: [] for k in engines}
         for r in range(repeats):
             order = list(engines) if r % 2 == 0 else list(engines)[::-1]  # alternate which goes first
             for name in order:
-                pipelined, threads = engines[name]
-                m = spoken_turn(omni, pipelined, tokens, codes, threads)
+                pipelined, threads, first_audio_first = engines[name]
+                m = spoken_turn(omni, pipelined, tokens, codes, threads, first_audio_first)
                 turns[name].append(m)
                 print(f"  {name} #{r}: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items()), flush=True)
     out["turns"] = turns
@@ -278,6 +303,7 @@ def run(folder: Path, label: str, repeats: int, tokens: int, codes: int) -> dict
                                            first_chunk()[0],
                                            min(st["token2wav"][k]["first_chunk_s"] for k in ks)),
         "first_chunk_codes": first_chunk()[0],
+        "rtf": best_overlap_rtf(st, tokens, codes, cpus),
     }
     if "1" in st["thinker"] and "2" in st["thinker"]:
         out["projection"] = projection(st, tokens, codes)
@@ -315,7 +341,8 @@ def write_report() -> None:
                   (f"{r['machine']['cpu']}, {r['usable_cpus']} usable cores, load average {r['load']['start']:.1f} -> "
                    f"{r['load']['end']:.1f}; {r['date']}. Reply: {r['tokens']} tokens, {r['codes']} codes "
                    f"({r['codes'] / 50:.1f} s of speech); {r['repeats']} run(s) per engine. Pipelined split "
-                   f"(thinker/talker/token2wav threads): {'/'.join(map(str, r['split']))}."), "",
+                   f"(thinker/talker/token2wav threads): {'/'.join(map(str, r['split']))}"
+                   f"{', the vocoder on a thread of its own' if r.get('vocoder_thread') else ''}."), "",
                   "| stage alone | 1 thread | " + f"{n} threads |", "|---|---|---|"]
         ks = sorted(st["thinker"])
         lines.append("| thinker: first token (s) / decode tok/s | " + " | ".join(
@@ -327,8 +354,8 @@ def write_report() -> None:
         lines += ["", f"Copy bandwidth {st['copy_gbs']:.1f} GB/s.", "",
                   ("| spoken turn (median) | sequential (all cores per stage) | sequential (pipeline's threads "
                    f"{'/'.join(map(str, r['split']))}) | pipelined | pipelined / sequential (all cores) | "
-                   "pipelined / sequential (same threads) |"),
-                  "|---|---|---|---|---|---|"]
+                   "pipelined / sequential (same threads) | pipelined, text never waits |"),
+                  "|---|---|---|---|---|---|---|"]
         rows = [("text prompt -> first text (s)", "first_text_s"), ("text prompt -> first audio (s)", "first_audio_s"),
                 ("first text -> first audio (s)", "first_audio_after_text_s"),
                 ("text prompt -> end of text (s)", "text_done_s"), ("total (s)", "total_s"),
@@ -340,14 +367,23 @@ def write_report() -> None:
                 continue
             s, p = md["sequential"][k], md["pipelined"][k]
             s1 = md["sequential_split"][k] if "sequential_split" in md else float("nan")
+            nw = fmt(md["pipelined_no_wait"][k]) if "pipelined_no_wait" in md else "-"
             lines.append(f"| {name} | {fmt(s)} | {fmt(s1)} | {fmt(p)} | {fmt(p / s if s else float('nan'), 'x')} | "
-                         f"{fmt(p / s1 if s1 else float('nan'), 'x')} |")
+                         f"{fmt(p / s1 if s1 else float('nan'), 'x')} | {nw} |")
+        modes = ("sequential", "sequential_split", "pipelined")
         fb = b["first_audio_s"]
         lines.append(f"| first-audio lower bound (s; {b['first_chunk_codes']}-code first chunk, each stage alone at "
-                     f"its best) | {fmt(fb)} | {fmt(fb)} | {fmt(fb)} | | |")
+                     f"its best) | {fmt(fb)} | {fmt(fb)} | {fmt(fb)} | | | {fmt(fb)} |")
         lines.append("| measured first audio / bound | " + " | ".join(
-            fmt(md[m]["first_audio_s"] / fb, "x") if m in md else "-"
-            for m in ("sequential", "sequential_split", "pipelined")) + " | | |")
+            fmt(md[m]["first_audio_s"] / fb, "x") if m in md else "-" for m in modes) + " | | | "
+            + (fmt(md["pipelined_no_wait"]["first_audio_s"] / fb, "x") if "pipelined_no_wait" in md else "-") + " |")
+        if "rtf" in b:
+            rb = b["rtf"]
+            lines.append(f"| best possible overlap, RTF (stages' work at their most efficient thread count over "
+                         f"{n} cores) | {fmt(rb)} | {fmt(rb)} | {fmt(rb)} | | | {fmt(rb)} |")
+            lines.append("| measured RTF / best possible overlap | " + " | ".join(
+                fmt(md[m]["rtf"] / rb, "x") if m in md else "-" for m in modes) + " | | | "
+                + (fmt(md["pipelined_no_wait"]["rtf"] / rb, "x") if "pipelined_no_wait" in md else "-") + " |")
         runs_txt = "; ".join(f"{mode}: " + ", ".join(f"{m['first_audio_s']:.2f}/{m['rtf']:.2f}" for m in ms)
                              for mode, ms in r["turns"].items())
         lines += ["", f"Every run (first audio s / RTF): {runs_txt}.", ""]
@@ -384,11 +420,12 @@ def plot(runs: list[dict[str, Any]]) -> None:
             ("total", "total_s")]
     for ax, r in zip(axes[0], runs):
         x = np.arange(len(keys))
-        modes = [m for m in ("sequential", "sequential_split", "pipelined") if m in r["median"]]
+        modes = [m for m in ("sequential", "sequential_split", "pipelined", "pipelined_no_wait") if m in r["median"]]
         w = 0.8 / len(modes)
         for i, mode in enumerate(modes):
             ax.bar(x + (i - (len(modes) - 1) / 2) * w, [r["median"][mode][k] for _, k in keys], w,
-                   color={"sequential": "tab:blue", "sequential_split": "tab:gray", "pipelined": "tab:green"}[mode],
+                   color={"sequential": "tab:blue", "sequential_split": "tab:gray", "pipelined": "tab:green",
+                          "pipelined_no_wait": "tab:olive"}[mode],
                    label=f"{mode} (RTF {r['median'][mode]['rtf']:.2f})")
         ax.axhline(r["bound"]["first_audio_s"], color="k", ls=":", lw=1, label="first-audio lower bound")
         ax.set_xticks(x, [n for n, _ in keys])

@@ -52,7 +52,8 @@ def spoken_chat(omni, pipelined: bool, preset: str = "fast", mode: str | None = 
 
 
 def stage_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith(("pocketomni-talker", "pocketomni-token2wav"))]
+    return [t for t in threading.enumerate()
+            if t.name.startswith(("pocketomni-talker", "pocketomni-token2wav", "pocketomni-vocoder"))]
 
 
 def run_with_timeout(fn, timeout: float = TIMEOUT):
@@ -77,15 +78,31 @@ def run_with_timeout(fn, timeout: float = TIMEOUT):
 # ---------------------------------------------------------------------------------------------- equality
 
 
-@pytest.mark.parametrize(("preset", "mode"), [("fast", "exact"), ("fast", "chunked"),
-                                              ("reference", "exact"), ("reference", "chunked")])
-def test_pipelined_equals_sequential(omni, preset, mode):
+@pytest.mark.parametrize(("preset", "mode", "vocoder_thread"),
+                         [("fast", "exact", True), ("fast", "chunked", True), ("reference", "exact", True),
+                          ("reference", "chunked", True), ("fast", "exact", False), ("reference", "chunked", False)])
+def test_pipelined_equals_sequential(omni, monkeypatch, preset, mode, vocoder_thread):
+    """Both pipelines (token2wav on one thread, or its DiT and its vocoder on two) against one after another."""
+    split = StageThreads(1, 1, 1, vocoder_thread=vocoder_thread)
+    monkeypatch.setattr(speech_pipeline, "stage_threads", lambda options: split)
+    vocoded_on: set[str] = set()
+    take_audio = ReplyRenderer.take_audio
+
+    def spy(self, step):
+        vocoded_on.add(threading.current_thread().name)
+        return take_audio(self, step)
+
+    monkeypatch.setattr(ReplyRenderer, "take_audio", spy)
     out = {}
     for pipelined in (False, True):
         chat = spoken_chat(omni, pipelined, preset, mode)
         events = run_with_timeout(lambda c=chat: list(c.send_sync(PROMPT)))
         sp = chat._last_speech
         assert sp.pipelined is pipelined
+        if pipelined:
+            assert vocoded_on == {"pocketomni-vocoder" if vocoder_thread else "pocketomni-token2wav"}
+            assert not [t for t in threading.enumerate() if t.name.startswith("pocketomni-")]  # joined
+        vocoded_on.clear()
         out[pipelined] = (events, list(sp.codes), audio(events))
     (ev_s, codes_s, wav_s), (ev_p, codes_p, wav_p) = out[False], out[True]
     assert ev_p[-1].tokens == ev_s[-1].tokens and ev_p[-1].text == ev_s[-1].text and len(ev_s[-1].tokens) == 80
@@ -94,7 +111,7 @@ def test_pipelined_equals_sequential(omni, preset, mode):
     assert wav_s.size == 480 * len(codes_s) and wav_p.size == wav_s.size
     snr = snr_db(wav_p, wav_s)
     same = np.array_equal(wav_p, wav_s)
-    print(f"\n[{preset}/{mode}] pipelined vs sequential: {'bit-identical' if same else f'SNR {snr:.1f} dB'}; "
+    print(f"\n[{preset}/{mode}/{'vocoder thread' if vocoder_thread else 'one render thread'}] pipelined vs sequential: {'bit-identical' if same else f'SNR {snr:.1f} dB'}; "
           f"events {kinds(ev_p).count('A')} audio chunks pipelined, {kinds(ev_s).count('A')} sequential")
     assert snr >= 100.0
     assert not stage_threads()
@@ -132,7 +149,7 @@ def test_text_never_waits_for_speech(omni, monkeypatch):
     """token2wav is blocked until the text is complete: the pipelined turn still writes all its text
     (the one-after-another path would deadlock here: it renders in the turn's thread)."""
     text_done = threading.Event()
-    take = ReplyRenderer.take
+    take = ReplyRenderer.take_mel
 
     def blocked_take(self, codes, final, every):
         assert text_done.wait(TIMEOUT), "the text never completed while token2wav was blocked"
@@ -144,9 +161,9 @@ def test_text_never_waits_for_speech(omni, monkeypatch):
         text_done.set()
         return finish(self, should_stop)
 
-    monkeypatch.setattr(ReplyRenderer, "take", blocked_take)
+    monkeypatch.setattr(ReplyRenderer, "take_mel", blocked_take)
     monkeypatch.setattr(PipelinedReply, "finish", marking_finish)
-    chat = spoken_chat(omni, True, max_tokens=100, max_codes=300)
+    chat = spoken_chat(omni, True, max_tokens=100, max_codes=300, first_audio_first=False)
     events = run_with_timeout(lambda: list(chat.send_sync(PROMPT)))
     k = kinds(events)
     assert "A" not in k[: k.rindex("T")]  # nothing could be rendered during the text...
@@ -154,12 +171,49 @@ def test_text_never_waits_for_speech(omni, monkeypatch):
     assert audio(events).size == 480 * len(chat._last_speech.codes) > 0
 
 
+@pytest.mark.parametrize("first_audio_first", [True, False])
+def test_text_waits_only_for_the_first_audio_when_asked(omni, monkeypatch, first_audio_first):
+    """first_audio_first: the thinker decodes nothing while the first chunk is being rendered (here made
+    0.5 s slower), then goes on beside token2wav; without it the text runs on during that render."""
+    take_audio = ReplyRenderer.take_audio
+    window: list[float] = []
+
+    def slow_first_chunk(self, step):
+        t0 = time.perf_counter()
+        out = take_audio(self, step)
+        if out and not window:
+            time.sleep(0.5)
+            window.extend([t0, time.perf_counter()])
+        return out
+
+    monkeypatch.setattr(ReplyRenderer, "take_audio", slow_first_chunk)
+    chat = spoken_chat(omni, True, max_tokens=200, max_codes=60, first_audio_first=first_audio_first)
+    starts: list[float] = []
+    step = chat._session.step
+
+    def timed_step(tok):
+        starts.append(time.perf_counter())
+        return step(tok)
+
+    chat._session.step = timed_step
+    events = run_with_timeout(lambda: list(chat.send_sync(PROMPT)))
+    assert len(window) == 2 and audio(events).size == 60 * 480
+    during = sum(window[0] < t < window[1] for t in starts)
+    after = sum(t > window[1] for t in starts)
+    print(f"\nfirst_audio_first={first_audio_first}: {during} tokens decoded during the first chunk's "
+          f"0.5 s render, {after} after it")
+    if first_audio_first:
+        assert during <= 1 and after > 10  # at most the token already in flight when the render began
+    else:
+        assert during > 10
+
+
 def test_talker_stays_within_its_lead(omni, monkeypatch):
     """A slow token2wav: the talker never gets more than MAX_AHEAD_CODES (+ the one code in hand)
     ahead of what token2wav has taken."""
     leads: list[int] = []
     taken = [0]
-    take = ReplyRenderer.take
+    take = ReplyRenderer.take_mel
     replies: list[PipelinedReply] = []
     init = PipelinedReply.__init__
 
@@ -174,7 +228,7 @@ def test_talker_stays_within_its_lead(omni, monkeypatch):
         return take(self, codes, final, every)
 
     monkeypatch.setattr(PipelinedReply, "__init__", record_init)
-    monkeypatch.setattr(ReplyRenderer, "take", slow_take)
+    monkeypatch.setattr(ReplyRenderer, "take_mel", slow_take)
     chat = spoken_chat(omni, True, max_tokens=5, max_codes=400)
     events = run_with_timeout(lambda: list(chat.send_sync(PROMPT)))
     assert len(chat._last_speech.codes) == 400 and audio(events).size == 400 * 480
@@ -339,14 +393,14 @@ def test_stage_error_reaches_the_caller(omni, monkeypatch, stage):
         monkeypatch.setattr(type(eng.talker), "next_code", failing)
         err = po.ContextOverflowError
     else:
-        real_take = ReplyRenderer.take
+        real_take = ReplyRenderer.take_mel
 
         def failing_take(self, codes, final, every):
             if self.samples or final:
                 raise po.OptionsError("token2wav test failure")
             return real_take(self, codes, final, every)
 
-        monkeypatch.setattr(ReplyRenderer, "take", failing_take)
+        monkeypatch.setattr(ReplyRenderer, "take_mel", failing_take)
         err = po.OptionsError
     with pytest.raises(err, match="test failure"):
         run_with_timeout(lambda: list(chat.send_sync(PROMPT)))
@@ -368,8 +422,8 @@ def test_options_threads_and_defaults(omni, monkeypatch):
     with pytest.raises(po.OptionsError, match="pipelined"):
         po.SpeechOptions(pipelined="yes")
     assert po.SpeechOptions.from_dict({"threads": [1, 1, 2]}).threads == (1, 1, 2)  # a saved chat's list
-    assert split_threads(2) == StageThreads(1, 1, 1) and split_threads(8) == StageThreads(2, 2, 4)
-    assert split_threads(1) == StageThreads(1, 1, 1)
+    assert split_threads(2) == StageThreads(1, 1, 1, vocoder_thread=True) == split_threads(4)
+    assert split_threads(8) == StageThreads(2, 2, 4) and split_threads(1) == StageThreads(1, 1, 1, True)
     # None: pipelined from 3 cores; on 2 only while OpenBLAS keeps its long idle spin (blas_spin)
     from pocketomni import blas_spin
 
@@ -385,13 +439,13 @@ def test_options_threads_and_defaults(omni, monkeypatch):
     old_blas = blas_threads()
     assert old_blas is not None  # numpy's wheels ship OpenBLAS
     seen = {}
-    take = ReplyRenderer.take
+    take = ReplyRenderer.take_mel
 
     def spy(self, codes, final, every):
         seen["blas"] = blas_threads()
         return take(self, codes, final, every)
 
-    monkeypatch.setattr(ReplyRenderer, "take", spy)
+    monkeypatch.setattr(ReplyRenderer, "take_mel", spy)
     chat = spoken_chat(omni, True, max_tokens=8, max_codes=20, threads=(1, 1, 2))
     thinker_before = chat._session.ctx.threads
     run_with_timeout(lambda: list(chat.send_sync(PROMPT)))

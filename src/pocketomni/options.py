@@ -124,6 +124,10 @@ class SpeechOptions(_Options):
     pipelined: run the talker and token2wav in their own threads beside the thinker (text never waits
       for speech) instead of one after another in the turn's thread; same tokens, codes and audio either
       way. None: chosen from the machine's cores (engine/speech_pipeline.py says how).
+    first_audio_first: in a pipelined reply, the text waits while token2wav renders, until the first audio
+      (then never again): the first chunk gets the cores instead of sharing one with the thinker. None: when
+      the stages' threads outnumber the cores (2 cores, synthetic 3B: first audio 5.2 s against 6.4 s,
+      benchmarks/results/spoken_turn.md); False: the text never waits for speech.
     threads: (thinker, talker, token2wav) CPU threads of a spoken reply's stages. None: a pipelined reply
       splits the usable cores (engine/cpu_split.py), one after another every stage gets the model's threads.
     """
@@ -137,12 +141,16 @@ class SpeechOptions(_Options):
     first_chunk_codes: int = 24
     first_chunk_future: int = 12
     pipelined: bool | None = None
+    first_audio_first: bool | None = None
     threads: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         check_first_chunk(self.first_chunk_codes, self.first_chunk_future)
         if self.pipelined is not None and not isinstance(self.pipelined, bool):
             raise OptionsError(f"pipelined={self.pipelined!r} must be True, False or None (chosen from the machine)")
+        if self.first_audio_first is not None and not isinstance(self.first_audio_first, bool):
+            raise OptionsError(f"first_audio_first={self.first_audio_first!r} must be True, False or None (chosen "
+                               "from the machine)")
         if self.threads is not None:
             t = self.threads
             if (isinstance(t, (str, bytes)) or not hasattr(t, "__len__") or len(t) != 3

@@ -2,7 +2,9 @@
 
 Stages: thinker and talker decodes are llama.cpp (memory-bound matrix-vector work: a second thread
 helps less than it does for compute), token2wav is numpy float32 GEMMs (FLOP-bound: scales with
-threads). So token2wav gets what the two decoders leave, the decoders a quarter of the cores each.
+threads). So token2wav gets what the two decoders leave, the decoders a quarter of the cores each. Up to
+4 cores token2wav's DiT and vocoder run on two threads of one BLAS thread each (`vocoder_thread`), and a
+stage running alone takes the cores the others leave (`alone_threads`; speech_pipeline module doc).
 
 BLAS threads: numpy's OpenBLAS keeps one process-wide thread count (its pool serves whichever thread
 calls it). `blas_threads()` finds the loaded OpenBLAS through ctypes and sets that count; with another
@@ -18,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CoreShare", "StageThreads", "blas_threads", "set_blas_threads", "split_threads", "usable_cpus"]
+__all__ = ["CoreShare", "StageThreads", "alone_threads", "blas_threads", "set_blas_threads", "split_threads", "usable_cpus"]
 
 
 def usable_cpus() -> int:
@@ -31,19 +33,31 @@ def usable_cpus() -> int:
 
 @dataclass(frozen=True)
 class StageThreads:
-    """Threads per stage of a pipelined spoken reply: thinker and talker (llama.cpp), token2wav (BLAS)."""
+    """Threads per stage of a pipelined spoken reply: thinker and talker (llama.cpp), token2wav (BLAS).
+    `vocoder_thread`: token2wav's vocoder runs on a thread of its own beside its DiT (each with
+    `token2wav` BLAS threads; OpenBLAS has one count per process)."""
 
     thinker: int
     talker: int
     token2wav: int
+    vocoder_thread: bool = False
 
 
 def split_threads(cpus: int) -> StageThreads:
-    """The default split of `cpus` cores (module doc): 2 -> 1/1/1 (oversubscribed by one thread; the
-    decoders wait on memory), 4 -> 1/1/2, 8 -> 2/2/4, 16 -> 4/4/8."""
+    """The default split of `cpus` cores (module doc): up to 4 cores every stage has one thread and the
+    vocoder its own (2 cores: four threads, oversubscribed; 4: one core each), 8 -> 2/2/4, 16 -> 4/4/8."""
     cpus = max(1, cpus)
     dec = max(1, cpus // 4)
-    return StageThreads(thinker=dec, talker=dec, token2wav=max(1, cpus - 2 * dec))
+    share = cpus - 2 * dec
+    if share <= 2:
+        return StageThreads(thinker=dec, talker=dec, token2wav=1, vocoder_thread=True)
+    return StageThreads(thinker=dec, talker=dec, token2wav=share)
+
+
+def alone_threads(cpus: int, threads: StageThreads) -> int:
+    """Threads for the thinker or one half of token2wav while it runs alone (the other heavy stages idle
+    or done): every core but the talker's, or all of them when that would leave fewer than 2."""
+    return cpus - threads.talker if cpus - threads.talker >= 2 else max(1, cpus)
 
 
 _lib_lock = threading.Lock()

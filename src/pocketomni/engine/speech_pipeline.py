@@ -1,33 +1,53 @@
 """A pipelined spoken reply: the thinker, the talker and token2wav run at once, each on its own threads.
 
     turn thread (thinker) --E+H rows, unbounded--> talker thread --codes, <= MAX_AHEAD_CODES--> renderer
-    thread (token2wav) --audio chunks, <= MAX_AHEAD_CHUNKS--> back to the turn thread's event stream
+    thread (token2wav's DiT) [--mel steps, <= MAX_AHEAD_MEL_STEPS--> vocoder thread] --audio chunks,
+    <= MAX_AHEAD_CHUNKS--> back to the turn thread's event stream
 
 `PipelinedReply` has `SpeechReply`'s interface (speech.py): `add_token()` queues the newest reply token's
-E + H row and returns whatever audio is ready without waiting, so the text is never held back by speech;
-`finish()` waits for the rest. llama.cpp and numpy release the GIL, so the stages overlap for real.
+E + H row and returns whatever audio is ready without waiting, so the text is not held back by speech
+(but see first_audio_first below); `finish()` waits for the rest. llama.cpp and numpy release the GIL,
+so the stages overlap for real.
 
 - Threads: the thinker's and the talker's llama.cpp contexts and OpenBLAS get the split of
   `cpu_split.split_threads` (or `SpeechOptions.threads`) for the reply, and their own counts back after.
-- Back-pressure: the talker waits when it is MAX_AHEAD_CODES ahead of what token2wav has taken, and
-  token2wav when MAX_AHEAD_CHUNKS of audio wait for the turn thread.
+  Up to 4 cores the vocoder gets a thread of its own beside the DiT (one BLAS thread each: two products
+  at 1 thread use two cores better than one at 2 threads; `vocoder_thread`).
+- Spare cores (default split only; threads set in the options stay as set): a stage that runs alone takes
+  the cores the others leave (`cpu_split.alone_threads`): the thinker while token2wav has no step
+  running, the talker after the text while token2wav waits, token2wav's last step (the text and the DiT
+  done) and, with first_audio_first, its steps before the first sound. The decoders' counts follow
+  timing (llama.cpp splits a product by rows, so the tokens and codes do not change: tested);
+  token2wav's follow the codes alone, so its audio is the same in every run (see `_products`).
+- first_audio_first (`SpeechOptions.first_audio_first`; None: when the stages' threads outnumber the
+  cores): until the first sound, the thinker waits whenever token2wav is rendering, so the first chunk
+  gets the cores instead of sharing one with the thinker (as the one-after-another path does); after
+  it the text never waits. 2-core AMD EPYC, synthetic 3B (spoken_turn.md, 3b-fast-spare-cores, medians
+  of 3): first audio 5.24 s with it, 6.38 s without.
+- Back-pressure: the talker waits when it is MAX_AHEAD_CODES ahead of what token2wav has taken, the
+  DiT when MAX_AHEAD_MEL_STEPS wait for the vocoder, and token2wav when MAX_AHEAD_CHUNKS of audio wait
+  for the turn thread.
 - Same output as the one-after-another path: the talker's sampling RNG belongs to the talker thread
   alone and sees the same rows in the same order; the renderer gets the codes in the same groups
-  (`speech_render` module doc). Tokens, codes and audio are identical, whatever the timing.
+  (`speech_render` module doc). Tokens and codes are identical; the audio is identical in every run of
+  one split, and within float rounding of the one-after-another path's (its products run at other
+  thread counts; SNR >= 100 dB, tested).
 - Stopping: `close()` or the turn's cancel flag stops each stage within one step (a code, a DiT block, a
   vocoder node) and joins its thread. A stage's exception is re-raised, as is, by the turn thread's
   next `add_token()` / `finish()`.
 
-When to pipeline (`SpeechOptions.pipelined=None`): from 3 usable cores. On 2 cores one after another
-(every stage on both cores) is faster, measured on an idle 2-core AMD EPYC with OpenBLAS's idle spin
-shortened (pocketomni.blas_spin; benchmarks/results/spoken_turn.md, engines alternated): synthetic 3B,
-60 tokens / 200 codes: first audio 4.57 vs 6.64 s pipelined (the bound from the stages alone: 3.72 s),
-end of text 7.64 vs 7.36 s, whole turn 21.6 vs 26.6 s; tiny: first audio 0.24 vs 0.30 s. One thread per
-stage costs the thinker and token2wav more than overlapping them gains. (Before the spin was shortened,
-OpenBLAS's workers busy-waited through llama.cpp's decodes and the pipeline won by far: the earlier
-sections of spoken_turn.md, taken on a machine loaded by other work, where two-thread teams also stall.)
-With 3 or more cores the stages get their own cores (cpu_split) and the pipeline overlaps them. When
-OpenBLAS kept its long spin (numpy imported before pocketomni), 2 cores pipeline too.
+When to pipeline (`SpeechOptions.pipelined=None`): from 3 usable cores. On 2 cores the pipeline now about
+ties one after another (every stage on both cores) but does not beat it, measured on a 2-core AMD EPYC
+(benchmarks/results/spoken_turn.md, 3b-fast-spare-cores, four engines alternated, medians of 3, noisy:
+load 0.1 -> 1.7): synthetic 3B, 60 tokens / 200 codes: whole turn 20.98 s pipelined vs 20.07 s, first
+audio 5.24 vs 4.60 s, end of text 8.33 vs 7.75 s; RTF 1.47x vs 1.40x the best possible overlap of the
+stages (their work at the most efficient thread count over 2 cores). With one render thread and no
+spare cores the pipeline lost by more (first audio 6.64 vs 4.57 s, turn 26.6 vs 21.6 s, an earlier
+section): on 2 cores the stages' extra CPU when they share cores (37.7 s of CPU against 30.0 s for the
+same work one after another on the same threads) eats what overlapping gains. So 2 cores stay one after
+another, unless OpenBLAS kept its long idle spin (numpy imported before pocketomni; pocketomni.blas_spin),
+where two-thread products stall beside llama.cpp and the pipeline wins. With 3 or more cores the stages
+get their own cores (cpu_split) and the pipeline overlaps them.
 """
 
 from __future__ import annotations
@@ -36,13 +56,28 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pocketomni import blas_spin
-from pocketomni.engine.cpu_split import CoreShare, StageThreads, split_threads, usable_cpus
-from pocketomni.engine.speech_render import FEED_CODES, RenderCounters, ReplyRenderer, eh_rows, reply_options
+from pocketomni.engine.cpu_split import (
+    CoreShare,
+    StageThreads,
+    alone_threads,
+    set_blas_threads,
+    split_threads,
+    usable_cpus,
+)
+from pocketomni.engine.speech_render import (
+    FEED_CODES,
+    MelStep,
+    RenderCounters,
+    ReplyRenderer,
+    eh_rows,
+    reply_options,
+)
 
 if TYPE_CHECKING:
     from pocketomni.engine.speech import SpeechEngine, SpeechSettings
@@ -55,6 +90,7 @@ __all__ = ["MAX_AHEAD_CHUNKS", "MAX_AHEAD_CODES", "PIPELINE_MIN_CPUS", "Pipeline
 PIPELINE_MIN_CPUS = 3  # pipelined=None runs the pipeline from this many usable cores (module doc)
 MAX_AHEAD_CODES = 72  # two 36-code render steps: the talker makes the next step's codes while one renders
 MAX_AHEAD_CHUNKS = 4  # rendered chunks waiting for the turn thread
+MAX_AHEAD_MEL_STEPS = 2  # DiT steps waiting for the vocoder (when it has a thread of its own)
 POLL_SECONDS = 0.05  # a waiting stage re-checks the cancel flag this often (close() wakes it at once)
 _END = object()
 
@@ -65,6 +101,12 @@ def use_pipeline(options: SpeechOptions) -> bool:
         return options.pipelined
     cpus = usable_cpus()
     return cpus >= PIPELINE_MIN_CPUS or (cpus >= 2 and blas_spin.exponent() > blas_spin.SPIN_EXPONENT)
+
+
+def first_audio_first(cpus: int, threads: StageThreads) -> bool:
+    """Whether the text waits for token2wav until the first audio: when the stages' threads outnumber the
+    cores, a first chunk rendered beside the thinker shares a core with it and comes later (module doc)."""
+    return threads.thinker + threads.talker + threads.token2wav * (1 + threads.vocoder_thread) > cpus
 
 
 def stage_threads(options: SpeechOptions) -> StageThreads:
@@ -131,13 +173,29 @@ class PipelinedReply(RenderCounters):
         self._rows = _Channel(float("inf"))  # the thinker never waits for the talker
         self._work = _Channel(MAX_AHEAD_CODES)  # (codes, final, every) render requests, sized in codes
         self._audio = _Channel(MAX_AHEAD_CHUNKS)
+        self._mel = _Channel(MAX_AHEAD_MEL_STEPS)  # DiT -> vocoder, when the vocoder has its own thread
         self.renderer = ReplyRenderer(engine.token2wav, lambda: engine.speaker(settings.voice), settings.preset,
                                       settings.streaming, self.seed, self._stopped,
                                       (self.options.first_chunk_codes, self.options.first_chunk_future))
         self._started = self._closed = self._audio_done = False
         self._cores = CoreShare(self.threads, session.ctx, engine.talker.ctx)  # given back in close()
+        # Idle cores go to the stage that runs alone (module doc): the thinker while token2wav waits,
+        # one half of token2wav once the text is done and the other half waits. Threads set in the options
+        # stay as set.
+        pinned = settings.options.threads is not None
+        self._alone = None if pinned else alone_threads(usable_cpus(), self.threads)
+        self._thinker_batch = session.ctx.threads[1]
+        self._thinker_n, self._talker_n = self.threads.thinker, self.threads.talker
+        self._products_lock = threading.Lock()
+        self._busy = {"thinker": True, "dit": False, "vocoder": False}
+        self._first_audio_first_on = (first_audio_first(usable_cpus(), self.threads)
+                                      if settings.options.first_audio_first is None else settings.options.first_audio_first)
+        self._busy_lock = threading.Lock()
+        stages = [("talker", self._talk), ("token2wav", self._render)]
+        if self.threads.vocoder_thread:
+            stages.append(("vocoder", self._vocode))
         self._workers = [threading.Thread(target=self._guard, args=(fn,), name=f"pocketomni-{name}", daemon=True)
-                         for name, fn in (("talker", self._talk), ("token2wav", self._render))]
+                         for name, fn in stages]
         for w in self._workers:
             w.start()
 
@@ -155,11 +213,35 @@ class PipelinedReply(RenderCounters):
             self._started = True
         else:
             self._rows.put(("row", row), self._stopped)
-        out: list[np.ndarray] = []
+        out = self._first_audio_first()
+        self._thinker_threads()
         while (chunk := self._audio.get(lambda: True)) is not None and chunk is not _END:
             out.append(chunk)
         if chunk is _END:
             self._audio_done = True
+        return out
+
+    def _first_audio_first(self) -> list[np.ndarray]:
+        """Few cores (`first_audio_first`): before the first audio, the text waits while token2wav renders,
+        which then has the cores to itself; returns the chunks that came meanwhile."""
+        out: list[np.ndarray] = []
+        if not self._first_audio_first_on or self.renderer.t_first_audio:
+            return out
+        if not (self._busy["dit"] or self._busy["vocoder"]):
+            return out
+        self._set_busy("thinker", False)
+        try:
+            while not self._stopped() and not out:
+                chunk = self._audio.get(self._stopped, timeout=POLL_SECONDS)
+                if chunk is _END:
+                    self._audio_done = True
+                    break
+                if chunk is not None:
+                    out.append(chunk)
+                elif not (self._busy["dit"] or self._busy["vocoder"]):
+                    break  # token2wav idle again without audio (waiting for codes): the text goes on
+        finally:
+            self._set_busy("thinker", True)
         return out
 
     def finish(self, should_stop: Callable[[], bool]) -> Iterator[np.ndarray]:
@@ -169,6 +251,7 @@ class PipelinedReply(RenderCounters):
             self.close()
             return
         self._rows.put(("end",), self._stopped)
+        self._set_busy("thinker", False)
         while not self._audio_done:
             self._check()
             if should_stop():
@@ -188,12 +271,66 @@ class PipelinedReply(RenderCounters):
             return
         self._closed = True
         self._stop.set()
-        for ch in (self._rows, self._work, self._audio):
+        for ch in self._channels:
             ch.wake()
         for w in self._workers:
             w.join()
         self.renderer.close()
         self._cores.restore()
+
+    def _thinker_threads(self) -> None:
+        """The thinker's threads for its next token: all but the talker's cores while token2wav waits."""
+        with self._busy_lock:
+            n = self.threads.thinker if self._busy["dit"] or self._busy["vocoder"] else self._alone or self.threads.thinker
+        if n != self._thinker_n:
+            self._thinker_n = n
+            self.session.ctx.set_threads(n, self._thinker_batch)
+
+    def _set_busy(self, stage: str, busy: bool) -> None:
+        """Mark the thinker or a token2wav half busy or idle (the decoders' threads follow it)."""
+        with self._busy_lock:
+            self._busy[stage] = busy
+        if not busy:
+            self._audio.wake()  # a thinker waiting for the first audio re-checks at once
+
+    @contextmanager
+    def _products(self, alone: bool, lock: bool = False) -> Iterator[None]:
+        """Run a render step's products: with the spare cores if it runs alone (`_render_alone`), else with
+        token2wav's share. OpenBLAS has one count per process, and 1- and 2-thread products round apart:
+        a step with the spare cores holds a lock that the DiT half's steps take (`lock`), so no product
+        runs with a count another thread set for itself, and every run computes the same audio."""
+        n = self._alone if alone and self._alone else self.threads.token2wav
+        if n == self.threads.token2wav:
+            with self._products_lock if lock else nullcontext():
+                yield
+            return
+        with self._products_lock:
+            set_blas_threads(n)
+            try:
+                yield
+            finally:
+                set_blas_threads(self.threads.token2wav)
+
+    def _render_alone(self, step: MelStep | None, final: bool) -> bool:
+        """Whether a vocoder step (or, without a vocoder thread, a whole render step) runs alone: the last
+        one (the text and the DiT are done), and with first_audio_first the steps before the first sound
+        (the thinker waits; the DiT has no product to run before its first step's codes, more than a
+        first chunk's)."""
+        if final:
+            return True
+        return bool(step is not None and self._first_audio_first_on and self.renderer.first_sound_step(step))
+
+    def _talker_threads(self) -> None:
+        """The talker's threads for its next code after the text: the spare cores while token2wav waits."""
+        with self._busy_lock:
+            n = self.threads.talker if self._busy["dit"] or self._busy["vocoder"] else self._alone or self.threads.talker
+        if n != self._talker_n:
+            self._talker_n = n
+            self.engine.talker.ctx.set_threads(n)
+
+    @property
+    def _channels(self) -> tuple[_Channel, ...]:
+        return self._rows, self._work, self._mel, self._audio
 
     def _check(self) -> None:
         if self._error is not None:
@@ -213,7 +350,7 @@ class PipelinedReply(RenderCounters):
             if self._error is None and not self._stop.is_set():
                 self._error = e
             self._stop.set()
-            for ch in (self._rows, self._work, self._audio):
+            for ch in self._channels:
                 ch.wake()
 
     def _talk(self) -> None:
@@ -254,6 +391,7 @@ class PipelinedReply(RenderCounters):
         while not talker.done:
             if self._stopped():
                 return
+            self._talker_threads()
             t = time.perf_counter()
             code = talker.next_code()
             self.talker_seconds += time.perf_counter() - t
@@ -268,19 +406,55 @@ class PipelinedReply(RenderCounters):
         return self._work.put((codes, final, every), self._stopped, len(codes))
 
     def _render(self) -> None:
-        """Renderer thread: render requests in, audio chunks out."""
+        """Renderer thread: render requests in, audio chunks out (or, with a vocoder thread, mel steps)."""
         r = self.renderer
+        split = self.threads.vocoder_thread
+        out = self._mel if split else self._audio
         while True:
             item = self._work.get(self._stopped)
             if item is None:
                 return
             if item is _END:
+                out.put(_END, self._stopped)
+                return
+            self._set_busy("dit", True)
+            try:
+                if split:
+                    with self._products(False, lock=True):
+                        step = r.take_mel(*item)
+                else:
+                    with self._products(self._render_alone(None, item[1])):
+                        chunks = r.take(*item)
+            finally:
+                self._set_busy("dit", False)
+            if split:
+                if step is not None and not self._mel.put(step, self._stopped):
+                    return
+            else:
+                for chunk in chunks:
+                    if not self._audio.put(chunk, self._stopped):
+                        return
+            if r.stopped:
+                return
+
+    def _vocode(self) -> None:
+        """Vocoder thread (vocoder_thread): the DiT's mel steps in, audio chunks out."""
+        r = self.renderer
+        while True:
+            step = self._mel.get(self._stopped)
+            if step is None:
+                return
+            if step is _END:
                 self._audio.put(_END, self._stopped)
                 return
-            codes, final, every = item
-            for chunk in r.take(codes, final, every):
+            self._set_busy("vocoder", True)
+            try:
+                with self._products(self._render_alone(step, step.final)):
+                    chunks = r.take_audio(step)
+            finally:
+                self._set_busy("vocoder", False)
+            for chunk in chunks:
                 if not self._audio.put(chunk, self._stopped):
                     return
             if r.stopped:
                 return
-

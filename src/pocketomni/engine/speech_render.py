@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from pocketomni.token2wav.dit import SpeakerCond
     from pocketomni.token2wav.streaming import SpeechStream
 
-__all__ = ["FEED_CODES", "RenderCounters", "ReplyRenderer", "eh_rows", "reply_options"]
+__all__ = ["FEED_CODES", "MelStep", "RenderCounters", "ReplyRenderer", "eh_rows", "reply_options"]
 
 FEED_CODES = 12  # codes handed to token2wav at a time after the text (one DiT block); every render point is kept
 
@@ -49,6 +49,18 @@ def eh_rows(session: ThinkerSession, start: int, stop: int) -> np.ndarray:
     return session.input_embeddings(start, stop) + hidden[start:stop].astype(np.float32)
 
 
+@dataclasses.dataclass
+class MelStep:
+    """One render step between the halves of `ReplyRenderer.take`: the codes fed, the DiT's mel for them
+    (None: no codes) and, at the end, the last mel frames (None before)."""
+
+    codes: np.ndarray
+    mel: np.ndarray | None
+    last_mel: np.ndarray | None
+    final: bool
+    stream: SpeechStream
+
+
 class ReplyRenderer:
     """Codes -> audio chunks for one reply (module doc). `should_stop` ends a render within one DiT block
     or vocoder step; the stream is then dropped and `stopped` is true."""
@@ -61,7 +73,8 @@ class ReplyRenderer:
         self.should_stop = should_stop
         self.samples = 0
         self.t_first_audio = 0.0
-        self.render_seconds = 0.0  # time spent in token2wav
+        self.dit_seconds = 0.0  # time spent in the DiT half of token2wav (take_mel)
+        self.vocoder_seconds = 0.0  # and in the vocoder half (take_audio)
         self.stopped = False
         self._pending: list[int] = []
         self._stream: SpeechStream | None = None
@@ -83,31 +96,76 @@ class ReplyRenderer:
 
     def take(self, codes: Sequence[int], final: bool, every: int) -> list[np.ndarray]:
         """Add the talker's new codes; render when `every` are pending or at `final`; new audio chunks."""
+        step = self.take_mel(codes, final, every)
+        return [] if step is None else self.take_audio(step)
+
+    # take() in two halves for a pipeline that runs the DiT and the vocoder on two threads: take_mel's
+    # steps go to take_audio one by one, in order (the output is the same as take()'s, bit for bit).
+
+    def take_mel(self, codes: Sequence[int], final: bool, every: int) -> MelStep | None:
+        """DiT half of take(): the step's mel, or None when nothing is rendered yet (or any more)."""
         # Codes beyond the DiT's table have no sound (the trained talker never emits them): skip them.
         self._pending += [c for c in codes if 0 <= c <= self._max_code]
         if self._flushed or (len(self._pending) < every and not final):
-            return []
+            return None
         self.open()
-        assert self._stream is not None
+        stream = self._stream  # the vocoder half may drop self._stream (stopped) while this half runs
+        assert stream is not None
+        step = MelStep(np.asarray(self._pending, np.int64), None, None, final, stream)
+        self._pending = []
         t = time.perf_counter()
         try:
             with stop_hook(self.should_stop):
-                out = [self._stream.feed(np.asarray(self._pending, np.int64))] if self._pending else []
-                self._pending = []
+                if step.codes.size:
+                    step.mel = stream.feed_mel(step.codes)
                 if final:
-                    out.append(self._stream.finish())
+                    step.last_mel = stream.finish_mel()
         except RenderStopped:
-            out, final, self.stopped = [], True, True
+            self._stopped()
+            return None
         finally:
-            self.render_seconds += time.perf_counter() - t
+            self.dit_seconds += time.perf_counter() - t
         if final:
             self._flushed = True
             self._stream = None  # free the renderer's buffers now, not when the chat drops this reply
+        return step
+
+    def take_audio(self, step: MelStep) -> list[np.ndarray]:
+        """Vocoder half of take(): the audio chunks of one take_mel() step."""
+        if self.stopped:
+            return []
+        t = time.perf_counter()
+        try:
+            with stop_hook(self.should_stop):
+                out = [step.stream.feed_audio(step.codes, step.mel)] if step.mel is not None else []
+                if step.last_mel is not None:
+                    out.append(step.stream.finish_audio(step.last_mel))
+        except RenderStopped:
+            self._stopped()
+            return []
+        finally:
+            self.vocoder_seconds += time.perf_counter() - t
         out = [np.ascontiguousarray(a, np.float32) for a in out if a.size]
         if out and not self.t_first_audio:
             self.t_first_audio = time.perf_counter()
         self.samples += sum(a.size for a in out)
         return out
+
+    def first_sound_step(self, step: MelStep) -> bool:
+        """Whether `step` comes before any audio and may make the first: it fires the first chunk or
+        carries the stream's mel (follows from the codes taken so far, not from timing)."""
+        if self.samples:
+            return False
+        return step.stream.first_chunk_due(step.codes) or step.last_mel is not None or (
+            step.mel is not None and step.mel.size > 0)
+
+    def _stopped(self) -> None:
+        self._flushed, self.stopped, self._stream = True, True, None
+
+    @property
+    def render_seconds(self) -> float:
+        """Time spent in token2wav (both halves)."""
+        return self.dit_seconds + self.vocoder_seconds
 
     def close(self) -> None:
         """Drop the stream (a reply cut short)."""

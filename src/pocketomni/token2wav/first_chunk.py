@@ -98,6 +98,10 @@ class FirstChunk:
         mel = self.solve(codes[: self.n])
         return self.vocoder.vocode(mel)[: self.seam + self.crossfade]
 
+    def due(self, new_codes: int) -> bool:
+        """Whether feed() with `new_codes` more codes renders the first chunk."""
+        return self.state == "waiting" and self.codes.size + new_codes >= self.n
+
     def feed(self, codes: np.ndarray, main: np.ndarray) -> np.ndarray:
         if self.state == "waiting":
             self.codes = np.concatenate([self.codes, np.asarray(codes, np.int64).reshape(-1)])

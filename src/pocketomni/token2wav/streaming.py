@@ -24,6 +24,8 @@ first N codes rendered alone, sound after N codes; the stream's own audio from i
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from pocketomni.errors import OptionsError
@@ -48,16 +50,18 @@ class NoiseSource:
         self.rng = np.random.default_rng(seed)
         self.block = block
         self.drawn = np.zeros((0, mel_dim), F32)
+        self._lock = threading.Lock()  # a stream's DiT and its first chunk may draw from two threads
 
     def get(self, f0: int, f1: int) -> np.ndarray:
         if self.fixed is not None:
             if f1 > self.fixed.shape[0]:
                 raise OptionsError(f"initial noise covers {self.fixed.shape[0]} mel frames; {f1} needed.")
             return self.fixed[f0:f1]
-        while self.drawn.shape[0] < f1:
-            more = self.rng.standard_normal((self.block, self.mel_dim), dtype=F32)
-            self.drawn = np.concatenate([self.drawn, more])
-        return self.drawn[f0:f1]
+        with self._lock:
+            while self.drawn.shape[0] < f1:
+                more = self.rng.standard_normal((self.block, self.mel_dim), dtype=F32)
+                self.drawn = np.concatenate([self.drawn, more])
+            return self.drawn[f0:f1]
 
 
 class DiTStream:
@@ -283,16 +287,37 @@ class SpeechStream:
 
     def feed(self, codes: np.ndarray) -> np.ndarray:
         """Add codes; return the new audio samples (possibly none)."""
-        if self.finished:
-            raise OptionsError("feed() after finish(); start a new stream.")
-        mel = self.dit_stream.feed(codes)
-        main = self.voc.push(np.ascontiguousarray(mel.T), final=False).reshape(-1)
-        return self.first.feed(codes, main)
+        return self.feed_audio(codes, self.feed_mel(codes))
 
     def finish(self) -> np.ndarray:
         """Flush: the remaining audio samples (empty when called again)."""
         if self.finished:
             return np.zeros(0, F32)
+        return self.finish_audio(self.finish_mel())
+
+    # feed() and finish() in two halves, the DiT's and the vocoder's, for a caller that runs them on two
+    # threads: the vocoder half must get every mel the DiT half returned, in order, with the same codes.
+
+    def first_chunk_due(self, codes: np.ndarray) -> bool:
+        """Whether feed_audio(codes, ...) renders the short first chunk (its codes are complete then)."""
+        return self.first.due(np.asarray(codes).size)
+
+    def feed_mel(self, codes: np.ndarray) -> np.ndarray:
+        """DiT half of feed(): the mel frames (n, mel_dim) that became final."""
+        if self.finished:
+            raise OptionsError("feed() after finish(); start a new stream.")
+        return self.dit_stream.feed(codes)
+
+    def feed_audio(self, codes: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        """Vocoder half of feed(): the new audio samples for feed_mel(codes)'s mel."""
+        main = self.voc.push(np.ascontiguousarray(mel.T), final=False).reshape(-1)
+        return self.first.feed(codes, main)
+
+    def finish_mel(self) -> np.ndarray:
+        """DiT half of finish(): the last mel frames."""
         self.finished = True
-        mel = self.dit_stream.finish()
+        return self.dit_stream.finish()
+
+    def finish_audio(self, mel: np.ndarray) -> np.ndarray:
+        """Vocoder half of finish(): the remaining audio samples for finish_mel()'s mel."""
         return self.first.finish(self.voc.push(np.ascontiguousarray(mel.T), final=True).reshape(-1))
