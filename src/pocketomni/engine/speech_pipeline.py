@@ -278,10 +278,15 @@ class PipelinedReply(RenderCounters):
         self.renderer.close()
         self._cores.restore()
 
-    def _thinker_threads(self) -> None:
-        """The thinker's threads for its next token: all but the talker's cores while token2wav waits."""
+    def _decoder_threads(self, share: int) -> int:
+        """A decoder's threads for its next step: its share while token2wav renders, else the spare cores."""
         with self._busy_lock:
-            n = self.threads.thinker if self._busy["dit"] or self._busy["vocoder"] else self._alone or self.threads.thinker
+            rendering = self._busy["dit"] or self._busy["vocoder"]
+        return share if rendering else self._alone or share
+
+    def _thinker_threads(self) -> None:
+        """The thinker's threads for its next token (`_decoder_threads`)."""
+        n = self._decoder_threads(self.threads.thinker)
         if n != self._thinker_n:
             self._thinker_n = n
             self.session.ctx.set_threads(n, self._thinker_batch)
@@ -321,9 +326,8 @@ class PipelinedReply(RenderCounters):
         return bool(step is not None and self._first_audio_first_on and self.renderer.first_sound_step(step))
 
     def _talker_threads(self) -> None:
-        """The talker's threads for its next code after the text: the spare cores while token2wav waits."""
-        with self._busy_lock:
-            n = self.threads.talker if self._busy["dit"] or self._busy["vocoder"] else self._alone or self.threads.talker
+        """The talker's threads for its next code after the text (`_decoder_threads`)."""
+        n = self._decoder_threads(self.threads.talker)
         if n != self._talker_n:
             self._talker_n = n
             self.engine.talker.ctx.set_threads(n)
