@@ -41,7 +41,8 @@ ties one after another (every stage on both cores) but does not beat it, measure
 (benchmarks/results/spoken_turn.md, 3b-fast-spare-cores, four engines alternated, medians of 3, noisy:
 load 0.1 -> 1.7): synthetic 3B, 60 tokens / 200 codes: whole turn 20.98 s pipelined vs 20.07 s, first
 audio 5.24 vs 4.60 s, end of text 8.33 vs 7.75 s; RTF 1.47x vs 1.40x the best possible overlap of the
-stages (their work at the most efficient thread count over 2 cores). With one render thread and no
+stages (their work at the most efficient thread count over 2 cores); a second run (3b-fast-spare-cores-2,
+load 1.2): 18.50 vs 18.70 s, first audio 4.37 s both, 1.29x vs 1.30x. With one render thread and no
 spare cores the pipeline lost by more (first audio 6.64 vs 4.57 s, turn 26.6 vs 21.6 s, an earlier
 section): on 2 cores the stages' extra CPU when they share cores (37.7 s of CPU against 30.0 s for the
 same work one after another on the same threads) eats what overlapping gains. So 2 cores stay one after
