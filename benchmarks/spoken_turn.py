@@ -325,6 +325,15 @@ def fmt(x: float, unit: str = "") -> str:
     return "-" if math.isnan(x) else f"{x:.2f}{unit}"
 
 
+def bound_rows(md: dict[str, Any], name: str, ratio_name: str, bound: float, key: str) -> list[str]:
+    """Two table rows: a bound in every engine's column, then each engine's median `key` over it (the two
+    ratio columns of the table stay empty)."""
+    cols = ("sequential", "sequential_split", "pipelined", "pipelined_no_wait")
+    ratios = [fmt(md[m][key] / bound, "x") if m in md else "-" for m in cols]
+    return [f"| {name} | {fmt(bound)} | {fmt(bound)} | {fmt(bound)} | | | {fmt(bound)} |",
+            f"| {ratio_name} | {' | '.join(ratios[:3])} | | | {ratios[3]} |"]
+
+
 def write_report() -> None:
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("spoken_turn-*.json"))]
     (RESULTS / "spoken_turn.json").write_text(json.dumps({r["label"]: r for r in runs}, indent=1))
@@ -370,20 +379,12 @@ def write_report() -> None:
             nw = fmt(md["pipelined_no_wait"][k]) if "pipelined_no_wait" in md else "-"
             lines.append(f"| {name} | {fmt(s)} | {fmt(s1)} | {fmt(p)} | {fmt(p / s if s else float('nan'), 'x')} | "
                          f"{fmt(p / s1 if s1 else float('nan'), 'x')} | {nw} |")
-        modes = ("sequential", "sequential_split", "pipelined")
-        fb = b["first_audio_s"]
-        lines.append(f"| first-audio lower bound (s; {b['first_chunk_codes']}-code first chunk, each stage alone at "
-                     f"its best) | {fmt(fb)} | {fmt(fb)} | {fmt(fb)} | | | {fmt(fb)} |")
-        lines.append("| measured first audio / bound | " + " | ".join(
-            fmt(md[m]["first_audio_s"] / fb, "x") if m in md else "-" for m in modes) + " | | | "
-            + (fmt(md["pipelined_no_wait"]["first_audio_s"] / fb, "x") if "pipelined_no_wait" in md else "-") + " |")
+        lines += bound_rows(md, f"first-audio lower bound (s; {b['first_chunk_codes']}-code first chunk, each "
+                            "stage alone at its best)", "measured first audio / bound", b["first_audio_s"],
+                            "first_audio_s")
         if "rtf" in b:
-            rb = b["rtf"]
-            lines.append(f"| best possible overlap, RTF (stages' work at their most efficient thread count over "
-                         f"{n} cores) | {fmt(rb)} | {fmt(rb)} | {fmt(rb)} | | | {fmt(rb)} |")
-            lines.append("| measured RTF / best possible overlap | " + " | ".join(
-                fmt(md[m]["rtf"] / rb, "x") if m in md else "-" for m in modes) + " | | | "
-                + (fmt(md["pipelined_no_wait"]["rtf"] / rb, "x") if "pipelined_no_wait" in md else "-") + " |")
+            lines += bound_rows(md, "best possible overlap, RTF (stages' work at their most efficient thread count "
+                                f"over {n} cores)", "measured RTF / best possible overlap", b["rtf"], "rtf")
         runs_txt = "; ".join(f"{mode}: " + ", ".join(f"{m['first_audio_s']:.2f}/{m['rtf']:.2f}" for m in ms)
                              for mode, ms in r["turns"].items())
         lines += ["", f"Every run (first audio s / RTF): {runs_txt}.", ""]

@@ -188,7 +188,7 @@ class PipelinedReply(RenderCounters):
         self._thinker_batch = session.ctx.threads[1]
         self._thinker_n, self._talker_n = self.threads.thinker, self.threads.talker
         self._products_lock = threading.Lock()
-        self._busy = {"thinker": True, "dit": False, "vocoder": False}
+        self._busy = {"dit": False, "vocoder": False}  # token2wav's halves running a step
         self._first_audio_first_on = (first_audio_first(usable_cpus(), self.threads)
                                       if settings.options.first_audio_first is None else settings.options.first_audio_first)
         self._busy_lock = threading.Lock()
@@ -228,21 +228,17 @@ class PipelinedReply(RenderCounters):
         out: list[np.ndarray] = []
         if not self._first_audio_first_on or self.renderer.t_first_audio:
             return out
-        if not (self._busy["dit"] or self._busy["vocoder"]):
+        if not self._rendering():
             return out
-        self._set_busy("thinker", False)
-        try:
-            while not self._stopped() and not out:
-                chunk = self._audio.get(self._stopped, timeout=POLL_SECONDS)
-                if chunk is _END:
-                    self._audio_done = True
-                    break
-                if chunk is not None:
-                    out.append(chunk)
-                elif not (self._busy["dit"] or self._busy["vocoder"]):
-                    break  # token2wav idle again without audio (waiting for codes): the text goes on
-        finally:
-            self._set_busy("thinker", True)
+        while not self._stopped() and not out:
+            chunk = self._audio.get(self._stopped, timeout=POLL_SECONDS)
+            if chunk is _END:
+                self._audio_done = True
+                break
+            if chunk is not None:
+                out.append(chunk)
+            elif not self._rendering():
+                break  # token2wav idle again without audio (waiting for codes): the text goes on
         return out
 
     def finish(self, should_stop: Callable[[], bool]) -> Iterator[np.ndarray]:
@@ -252,7 +248,6 @@ class PipelinedReply(RenderCounters):
             self.close()
             return
         self._rows.put(("end",), self._stopped)
-        self._set_busy("thinker", False)
         while not self._audio_done:
             self._check()
             if should_stop():
@@ -279,11 +274,14 @@ class PipelinedReply(RenderCounters):
         self.renderer.close()
         self._cores.restore()
 
+    def _rendering(self) -> bool:
+        """Whether a token2wav half is running a step."""
+        with self._busy_lock:
+            return self._busy["dit"] or self._busy["vocoder"]
+
     def _decoder_threads(self, share: int) -> int:
         """A decoder's threads for its next step: its share while token2wav renders, else the spare cores."""
-        with self._busy_lock:
-            rendering = self._busy["dit"] or self._busy["vocoder"]
-        return share if rendering else self._alone or share
+        return share if self._rendering() else self._alone or share
 
     def _thinker_threads(self) -> None:
         """The thinker's threads for its next token (`_decoder_threads`)."""
@@ -292,10 +290,10 @@ class PipelinedReply(RenderCounters):
             self._thinker_n = n
             self.session.ctx.set_threads(n, self._thinker_batch)
 
-    def _set_busy(self, stage: str, busy: bool) -> None:
-        """Mark the thinker or a token2wav half busy or idle (the decoders' threads follow it)."""
+    def _set_busy(self, half: str, busy: bool) -> None:
+        """Mark a token2wav half busy or idle (the decoders' threads and a waiting thinker follow it)."""
         with self._busy_lock:
-            self._busy[stage] = busy
+            self._busy[half] = busy
         if not busy:
             self._audio.wake()  # a thinker waiting for the first audio re-checks at once
 
@@ -454,7 +452,7 @@ class PipelinedReply(RenderCounters):
                 return
             self._set_busy("vocoder", True)
             try:
-                with self._products(self._render_alone(step, step.final)):
+                with self._products(self._render_alone(step, step.last_mel is not None)):
                     chunks = r.take_audio(step)
             finally:
                 self._set_busy("vocoder", False)

@@ -52,12 +52,11 @@ def eh_rows(session: ThinkerSession, start: int, stop: int) -> np.ndarray:
 @dataclasses.dataclass
 class MelStep:
     """One render step between the halves of `ReplyRenderer.take`: the codes fed, the DiT's mel for them
-    (None: no codes) and, at the end, the last mel frames (None before)."""
+    (None: no codes) and, at the end, the last mel frames (None before the reply's final step)."""
 
     codes: np.ndarray
     mel: np.ndarray | None
     last_mel: np.ndarray | None
-    final: bool
     stream: SpeechStream
 
 
@@ -111,7 +110,7 @@ class ReplyRenderer:
         self.open()
         stream = self._stream  # the vocoder half may drop self._stream (stopped) while this half runs
         assert stream is not None
-        step = MelStep(np.asarray(self._pending, np.int64), None, None, final, stream)
+        step = MelStep(np.asarray(self._pending, np.int64), None, None, stream)
         self._pending = []
         t = time.perf_counter()
         try:
