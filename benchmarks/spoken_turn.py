@@ -8,7 +8,8 @@ Usage:
 
 One model folder per run, llama.cpp with all usable cores (the SDK's default), numpy's BLAS as it comes:
 1. Stages alone, each at 1 thread and at all cores: thinker (a text-only turn of the spoken turn's
-   tokens, its system prompt included: time to first token, decode tokens/s), talker (codes/s after a
+   tokens, its system prompt included, which every chat after the first restores from the thinker's
+   PrefixCache, the turns as well: time to first token, decode tokens/s), talker (codes/s after a
    64-row prefill, random input rows, reference sampling), token2wav (`fast` preset, exact streaming:
    seconds per audio second, and the time to render the first chunk). Alongside: numpy float32 GEMM GFLOP/s and copy bandwidth.
 2. Spoken turns through the public API (`omni.chat(speech=True)`, fast preset), the text prompt
@@ -277,6 +278,7 @@ def run(folder: Path, label: str, repeats: int, tokens: int, codes: int) -> dict
     with po.Omni.load_sync(folder) as omni:
         print(f"[{label}] warm-up turn", flush=True)
         spoken_turn(omni, False, min(tokens, 8), min(codes, 16))  # loads the speech engine, ECAPA
+        thinker_alone(omni, cpus, 2)  # its system turn decoded once, as the speech chats' was just now
         st: dict[str, Any] = {"gemm_gflops": {}, "thinker": {}, "talker_codes_s": {}, "token2wav": {}}
         for t in sorted({1, cpus}):
             k = str(t)

@@ -94,12 +94,6 @@ class WindowTiming:
     reencoded: bool = False  # exact mode redid it at finish (the clip's maximum changed its features)
 
 
-def _slice(layout: PromptLayout, a: int, b: int) -> PromptLayout:
-    return PromptLayout(layout.input_ids[a:b], layout.positions[:, a:b], layout.kinds[a:b],
-                        int(layout.positions[0, a:b].max()) + 1 if b > a else layout.decode_start,
-                        layout.next_block_start)
-
-
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
@@ -338,8 +332,8 @@ class LiveTurn:
             self._head = segments[: segments.index(seg)]
             n = int(build_prompt(self._head).input_ids.size) + (2 if self.video else 1)
             layout = build_prompt(self._head + [seg], start_pos=self._start_pos)
-            chat._check_room(_slice(layout, 0, n))
-            sess.prefill(_slice(layout, 0, n), {})
+            chat._check_room(layout.part(0, n))
+            sess.prefill(layout.part(0, n), {})
             self._n_head = n
         except BaseException:
             self._release(rollback=True)
@@ -363,7 +357,7 @@ class LiveTurn:
                               start_pos=self._start_pos)
         sess = self.chat._session
         done = sess.history.n - self._n0
-        part = _slice(layout, done, layout.input_ids.size - (2 if self.video else 1))  # not the eos tokens
+        part = layout.part(done, layout.input_ids.size - (2 if self.video else 1))  # not the eos tokens
         new = {k: v[len(self._cached.get(k, [])):] for k, v in rows.items()}
         if part.input_ids.size:
             self.chat._check_room(part)
@@ -490,7 +484,7 @@ class LiveTurn:
         media_s = time.perf_counter() - t0
         msgs, segments = chat._render([msg], [segment])
         layout = build_prompt(segments, start_pos=self._start_pos)
-        chat._check_room(_slice(layout, self._n_head, layout.input_ids.size))
+        chat._check_room(layout.part(self._n_head, layout.input_ids.size))
         if flag.is_set:
             return None
         t_pre = time.perf_counter()
@@ -504,7 +498,7 @@ class LiveTurn:
                 if self._cached.get(KIND_VIDEO):  # relabelled video cells: cannot cut inside the turn
                     start = 0
                 sess.rollback(self._n0 + start)
-        rest = _slice(layout, start, layout.input_ids.size)
+        rest = layout.part(start, layout.input_ids.size)
         media = {}
         for kind, r in rows.items():
             skip = int(np.count_nonzero(layout.kinds[:start] == kind))

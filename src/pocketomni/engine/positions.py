@@ -137,6 +137,12 @@ class PromptLayout:
         """(4, N) int32 rows t, h, w, 0 as llama.cpp's M-RoPE batch wants them."""
         return llama_rows(self.positions)
 
+    def part(self, a: int, b: int) -> PromptLayout:
+        """Rows a..b as a layout of their own (decoding would continue after their largest t)."""
+        return PromptLayout(self.input_ids[a:b], self.positions[:, a:b], self.kinds[a:b],
+                            int(self.positions[0, a:b].max()) + 1 if b > a else self.decode_start,
+                            self.next_block_start)
+
 
 def audio_tokens_from_frames(n_frames: int) -> int:
     """LLM tokens of an audio clip with n_frames mel frames (the encoder's two stride-2 steps)."""

@@ -23,6 +23,7 @@ from pocketomni.backend.sampling import SamplingParams
 from pocketomni.chat.conversation import ChatTemplate, PromptText
 from pocketomni.engine.ordered_decode import decode_in_order, needs_ordered_decode
 from pocketomni.engine.positions import KIND_TEXT, KIND_VIDEO, PromptLayout, TokenIds
+from pocketomni.engine.prefix_cache import CachedTurn, PrefixCache, first_turn_length
 from pocketomni.errors import InternalError, ModelFileError
 from pocketomni.options import GenerationOptions
 
@@ -73,6 +74,8 @@ class Thinker:
             self.template = ChatTemplate(source)
             self.settings = settings or ContextSettings()
             self.eog_ids = frozenset(self._eog_candidates())
+            self.turn_start = self.model.token_id("<|im_start|>")
+            self.first_turns = PrefixCache()  # chats' shared first (system) turns, see prefix_cache.py
         except BaseException:
             self.model.close()
             raise
@@ -266,7 +269,38 @@ class ThinkerSession:
         """Decode a prompt layout; returns the logits of its last row. On failure or interruption
         (DecodeInterrupted) the cache is rolled back to what it was. progress(rows_done, rows_total)
         follows the micro-batches. floor: the lowest position a video's ordered decode may relabel cells
-        down to (default: the layout's first position; a turn prefilled in pieces passes its own start)."""
+        down to (default: the layout's first position; a turn prefilled in pieces passes its own start).
+
+        An empty session decodes its prompt's first (system) turn as a batch of its own and shares it
+        with later sessions of this thinker, which restore it instead (prefix_cache.py)."""
+        head = first_turn_length(layout, self.thinker.turn_start) if self.history.n == 0 else 0
+        n = int(layout.input_ids.size)
+        if not 0 < head < n:
+            return self._prefill(layout, media, should_stop, progress, floor)
+        try:
+            self._first_turn(layout.part(0, head), should_stop)
+            if progress is not None:
+                progress(head, n)
+            return self._prefill(layout.part(head, n), media, should_stop,
+                                 None if progress is None else lambda d, _m: progress(head + d, n),
+                                 int(layout.positions[0].min()) if floor is None else floor)
+        except BaseException:
+            self.rollback(0)
+            raise
+
+    def _first_turn(self, turn: PromptLayout, should_stop: Callable[[], bool] | None) -> None:
+        """Put the first turn in the empty cache: restored from the thinker's PrefixCache, or decoded and
+        stored there."""
+        cache, hidden = self.thinker.first_turns, self.history.keeps_hidden
+        saved = cache.get(turn.input_ids, hidden)
+        if saved is not None:
+            self.set_state(saved.state, saved.arrays)
+            return
+        self._prefill(turn, {}, should_stop, None, None)
+        cache.put(turn.input_ids, hidden, CachedTurn(self.get_state(), self.history.arrays()))
+
+    def _prefill(self, layout: PromptLayout, media: dict[int, np.ndarray], should_stop: Callable[[], bool] | None,
+                 progress: Callable[[int, int], None] | None, floor: int | None) -> np.ndarray:
         n0 = self.history.n
         ids, kinds = layout.input_ids, layout.kinds
         rows = layout.llama_rows()
