@@ -8,10 +8,10 @@ Usage:
 
 One model folder per run, llama.cpp with all usable cores (the SDK's default), numpy's BLAS as it comes:
 1. Stages alone, each at 1 thread and at all cores: thinker (a text-only turn of the spoken turn's
-   tokens, its system prompt included, which every chat after the first restores from the thinker's
-   PrefixCache, the turns as well: time to first token, decode tokens/s), talker (codes/s after a
-   64-row prefill, random input rows, reference sampling), token2wav (`fast` preset, exact streaming:
-   seconds per audio second, and the time to render the first chunk). Alongside: numpy float32 GEMM GFLOP/s and copy bandwidth.
+   tokens, system prompt included; like the turns, it restores that system turn from the thinker's
+   PrefixCache: time to first token, decode tokens/s), talker (codes/s after a 64-row prefill, random
+   input rows, reference sampling), token2wav (`fast` preset, exact streaming: seconds per audio second,
+   and the time to render the first chunk). Alongside: numpy float32 GEMM GFLOP/s and copy bandwidth.
 2. Spoken turns through the public API (`omni.chat(speech=True)`, fast preset), the text prompt
    PROMPT, greedy text of `--tokens` tokens, `--codes` speech codes (random weights never stop early):
    four engines alternated `--repeats` times (ABCD, DCBA, ..., then medians): one after another with

@@ -174,9 +174,7 @@ class HistoryKeeper:
             keep = _shared_text_prefix(session, layout)
             session.rollback(keep)
             if keep < layout.input_ids.size:
-                rest = PromptLayout(layout.input_ids[keep:], layout.positions[:, keep:], layout.kinds[keep:],
-                                    layout.decode_start, layout.next_block_start)
-                session.prefill(rest, rows)
+                session.prefill(layout.part(keep, layout.input_ids.size), rows)
         except BaseException:
             session.clear()
             raise

@@ -80,9 +80,10 @@ class PrefixCache:
     def put(self, ids: np.ndarray, hidden: bool, turn: CachedTurn) -> None:
         if turn.nbytes > self.max_bytes or self.max_entries <= 0:
             return
+        key = self._key(ids, hidden)
         with self._lock:
-            self._entries[self._key(ids, hidden)] = turn
-            self._entries.move_to_end(self._key(ids, hidden))
+            self._entries[key] = turn
+            self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries or self.nbytes > self.max_bytes:
                 self._entries.popitem(last=False)
 
